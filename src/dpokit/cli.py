@@ -1,0 +1,156 @@
+"""The ``dpokit`` command.
+
+``dpokit train`` reads its options through ``config.py`` (YAML + flags); the smaller commands
+(``data sample``, ``data add``, ``generate``) use argparse directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dpokit.errors import DpokitError
+
+
+def cmd_train(argv: list[str]) -> int:
+    from dpokit import config as cfgmod
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(cfgmod.help_text())
+        return 0
+    config, switches, info = cfgmod.resolve(argv)
+    if "print_config" in switches:
+        print(config.to_yaml(), end="")
+        return 0
+    if info["demo"]:
+        print("no --data given: running the built-in demo (sample pairs, tiny model); "
+              "`dpokit train --help` shows every option", flush=True)
+    from dpokit.train import train
+
+    train(config, demo=info["demo"])
+    return 0
+
+
+def cmd_data_sample(args: argparse.Namespace) -> int:
+    from dpokit.data.jsonl import write_jsonl
+    from dpokit.data.samples import sample_pairs
+
+    rows = sample_pairs(args.n, seed=args.seed)
+    write_jsonl(args.output, rows)
+    print(f"wrote {len(rows)} sample pairs to {args.output}")
+    return 0
+
+
+def _ask(label: str, stream, interactive: bool) -> str | None:
+    if interactive:
+        print(f"{label}: ", end="", flush=True)
+    line = stream.readline()
+    if not line:
+        return None
+    return line.rstrip("\n")
+
+
+def cmd_data_add(args: argparse.Namespace) -> int:
+    """Prompt / chosen / rejected, one after another, until "done" or end of input."""
+    from dpokit.data.jsonl import write_jsonl
+
+    stream = sys.stdin
+    interactive = stream.isatty()
+    if interactive:
+        print(f'Adding preference pairs to {args.output}. Type "done" as the prompt to finish.')
+    added = skipped = 0
+    while True:
+        prompt = _ask("Prompt", stream, interactive)
+        if prompt is None or prompt.strip().lower() == "done":
+            break
+        chosen = _ask("Chosen (better) response", stream, interactive)
+        rejected = _ask("Rejected (worse) response", stream, interactive)
+        if chosen is None or rejected is None:
+            print("input ended in the middle of a pair; that pair was not saved", file=sys.stderr)
+            break
+        problem = None
+        if not prompt.strip() or not chosen.strip() or not rejected.strip():
+            problem = "prompt, chosen and rejected must all be non-empty"
+        elif chosen.strip() == rejected.strip():
+            problem = "chosen and rejected are the same"
+        if problem:
+            print(f"skipped: {problem}", file=sys.stderr)
+            skipped += 1
+            continue
+        write_jsonl(args.output, [{"prompt": prompt, "chosen": chosen, "rejected": rejected}], append=True)
+        added += 1
+    print(f"added {added} pair{'s' if added != 1 else ''} to {args.output}"
+          + (f" ({skipped} skipped)" if skipped else ""))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from dpokit.generate import SamplingConfig, generate, load_for_generation
+    from dpokit.models import resolve_device
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise DpokitError(f"prompts file not found: {path}")
+        prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise DpokitError("no prompts: pass --prompt TEXT (repeatable) or --prompts-file FILE")
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_for_generation(args.model, resolve_device(args.device), args.trust_remote_code)
+    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.greedy)
+    for prompt, text in zip(prompts, generate(model, tokenizer, prompts, sampling, args.batch_size)):
+        print(f"### {prompt}\n{text}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpokit", description="Align causal LMs with human preferences (DPO).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("train", help="train with DPO (see `dpokit train --help`)", add_help=False)
+
+    data = sub.add_parser("data", help="make and check preference data")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    sample = data_sub.add_parser("sample", help="write built-in sample preference pairs")
+    sample.add_argument("--output", default="preference_data.jsonl", help="JSONL file to write")
+    sample.add_argument("--n", type=int, default=10, help="number of pairs (default 10)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the generator")
+    sample.set_defaults(func=cmd_data_sample)
+    add = data_sub.add_parser("add", help="type pairs in (also reads a pipe); 'done' ends")
+    add.add_argument("--output", default="my_prefs.jsonl", help="JSONL file to append to")
+    add.set_defaults(func=cmd_data_add)
+
+    gen = sub.add_parser("generate", help="generate text with a model")
+    gen.add_argument("--model", "--weights", dest="model", default="dpo_checkpoints/final",
+                     help="model directory (a training output) or hub id")
+    gen.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+    gen.add_argument("--prompts-file", "--prompts_file", help="a text file with one prompt per line")
+    gen.add_argument("--max-new-tokens", "--max_new_tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.7)
+    gen.add_argument("--top-p", "--top_p", type=float, default=0.9)
+    gen.add_argument("--top-k", "--top_k", type=int, default=50)
+    gen.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    gen.add_argument("--batch-size", "--batch_size", type=int, default=8)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--device", default="auto")
+    gen.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] == "train":
+            return cmd_train(argv[1:])
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except DpokitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Preference data: reading, normalising, tokenizing and batching pairs."""

@@ -1,0 +1,61 @@
+"""The two shapes every preference pair takes inside dpokit.
+
+Every input format is turned into a `PreferencePair` once, at the edge (``data/jsonl.py`` and the
+format readers); tokenization turns it into a `TokenizedPair`; the collator lays tokenized pairs
+out as batches. Nothing past the edge knows where a pair came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+Message = dict[str, Any]  # {"role": "user" | "assistant" | "system", "content": str}
+Text = Union[str, list[Message]]
+
+
+@dataclass
+class PreferencePair:
+    """One normalised preference pair.
+
+    ``prompt`` is a string (text data) or a list of chat messages ending with a user turn
+    (conversational data). ``chosen`` / ``rejected`` are the completions: strings for text data,
+    or lists of assistant messages for conversational data. ``system`` is an optional system
+    prompt for conversational data. ``source`` says where the row came from (file and line), for
+    error messages.
+    """
+
+    prompt: Text
+    chosen: Text
+    rejected: Text
+    system: str | None = None
+    source: str = ""
+
+    @property
+    def conversational(self) -> bool:
+        return isinstance(self.chosen, list)
+
+    def to_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+        if self.system is not None:
+            row["system"] = self.system
+        return row
+
+
+@dataclass
+class TokenizedPair:
+    """Token ids of one pair: the prompt once, and each completion without the prompt.
+
+    The full chosen sequence is ``prompt_ids + chosen_ids``; only completion tokens count in
+    the loss. Lists of ints keep it cheap to store, cache and collate.
+    """
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens a padded / packed layout processes for this pair (prompt counted twice)."""
+        return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)

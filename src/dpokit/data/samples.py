@@ -1,0 +1,176 @@
+"""Built-in sample preference pairs.
+
+A small generator that varies topic, prompt wording and answer wording, so that pairs held out
+from a sample are new sentences rather than copies of training rows. Chosen answers are
+helpful (a definition, a detail and an example, in full sentences); rejected answers are curt,
+dismissive or vague. Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import random
+
+# topic, what it is, how it works / why it matters, an example
+TOPICS: list[tuple[str, str, str, str]] = [
+    ("machine learning", "a way for computers to learn patterns from data instead of following fixed rules",
+     "a model is trained on examples and then makes predictions on new inputs",
+     "a spam filter learns from emails that people marked as spam"),
+    ("photosynthesis", "the process plants use to turn light into chemical energy",
+     "chlorophyll captures sunlight and the plant combines water and carbon dioxide into sugar",
+     "a leaf in the sun releases oxygen while it makes glucose"),
+    ("quantum computing", "computing with qubits that can hold a mix of zero and one at the same time",
+     "algorithms use superposition and interference to solve some problems faster",
+     "factoring large numbers could become much faster on a large quantum computer"),
+    ("the water cycle", "the movement of water between the sea, the air and the land",
+     "water evaporates, forms clouds, falls as rain and flows back to the sea",
+     "a puddle dries in the sun and the vapour later falls as rain somewhere else"),
+    ("inflation", "a general rise in prices that lowers what money can buy",
+     "it happens when demand grows faster than supply or when costs go up",
+     "bread that cost one dollar last year might cost more this year"),
+    ("the immune system", "the network of cells and organs that defends the body against infection",
+     "white blood cells find germs and antibodies mark them for removal",
+     "a vaccine trains the body to recognise a virus before a real infection"),
+    ("gravity", "the force that pulls masses toward each other",
+     "the more mass an object has, the stronger it pulls on other objects",
+     "an apple falls to the ground and the moon stays in orbit around the earth"),
+    ("a database", "an organised store of data that programs can search and update",
+     "data is kept in tables or documents and read with queries",
+     "a library keeps its catalogue of books in a database"),
+    ("recycling", "turning used materials into new products",
+     "waste is sorted, cleaned and processed into raw material again",
+     "old bottles can be melted down and made into new glass"),
+    ("the internet", "a worldwide network of connected computers",
+     "computers exchange data in small packets that follow shared protocols",
+     "a web page travels from a server to your phone in many packets"),
+    ("climate change", "the long-term warming of the planet and the changes it brings",
+     "greenhouse gases trap heat in the atmosphere",
+     "glaciers are shrinking and heat waves are becoming more common"),
+    ("a budget", "a plan for how to spend and save money",
+     "you list your income and expenses and decide limits for each category",
+     "setting aside a part of each paycheck for rent and savings"),
+    ("exercise", "physical activity that keeps the body and mind healthy",
+     "it strengthens the heart and muscles and improves mood",
+     "a brisk walk of thirty minutes a day lowers the risk of heart disease"),
+    ("a volcano", "an opening in the earth's crust where molten rock escapes",
+     "pressure from magma below pushes lava, ash and gas to the surface",
+     "Mount Etna in Italy erupts several times a decade"),
+    ("encryption", "a way to scramble data so that only people with a key can read it",
+     "a mathematical algorithm turns readable text into ciphertext and back",
+     "your browser encrypts the connection when you log in to your bank"),
+    ("the stock market", "a place where people buy and sell shares of companies",
+     "prices move as buyers and sellers agree on what a share is worth",
+     "buying a share of a company makes you a small owner of it"),
+    ("sleep", "the regular rest that lets the body and brain recover",
+     "during sleep the brain stores memories and the body repairs tissue",
+     "adults who sleep seven to nine hours think more clearly the next day"),
+    ("electricity", "the flow of electric charge through a conductor",
+     "a voltage pushes electrons through a wire and the current powers devices",
+     "a battery drives current through a circuit to light a bulb"),
+    ("democracy", "a system of government in which citizens choose their leaders",
+     "people vote in free elections and leaders answer to the public",
+     "a country holds elections every few years to pick its parliament"),
+    ("a black hole", "a region of space where gravity is so strong that nothing can escape",
+     "it forms when a very massive star collapses under its own weight",
+     "astronomers photographed the black hole at the centre of the galaxy M87"),
+    ("composting", "turning food scraps and garden waste into rich soil",
+     "microbes break down organic matter when it has air and moisture",
+     "vegetable peels become dark compost for a garden after a few months"),
+    ("a neural network", "a model built from layers of simple connected units",
+     "each layer transforms its input and training adjusts the connection weights",
+     "a neural network can recognise handwritten digits in photos"),
+    ("the solar system", "the sun and everything that orbits it",
+     "eight planets travel around the sun held by its gravity",
+     "the earth is the third planet from the sun"),
+    ("vaccines", "medicines that teach the immune system to fight a disease",
+     "they show the body a harmless part of a germ so it can prepare defences",
+     "the measles vaccine has prevented millions of infections"),
+    ("a programming language", "a formal language for writing instructions that computers run",
+     "code is written in text and then compiled or interpreted into machine actions",
+     "Python is a popular language for data analysis"),
+    ("the heart", "the muscle that pumps blood through the body",
+     "it contracts about seventy times a minute to move oxygen to every organ",
+     "the heart beats faster during exercise to supply the muscles"),
+    ("renewable energy", "energy from sources that do not run out, such as sun and wind",
+     "solar panels and wind turbines turn natural flows into electricity",
+     "many homes now have solar panels on the roof"),
+    ("a rainbow", "an arc of colours that appears when sunlight meets raindrops",
+     "each drop bends and reflects light, splitting it into its colours",
+     "after a summer shower you may see a rainbow opposite the sun"),
+    ("time management", "planning how to use your time well",
+     "you set priorities, break work into steps and protect time for each",
+     "writing a to-do list each morning helps you finish the important tasks"),
+    ("the printing press", "a machine that presses inked type onto paper",
+     "movable letters are arranged into pages and printed many times",
+     "Gutenberg's press made books cheap enough for many people to own"),
+    ("earthquakes", "sudden shaking of the ground caused by moving rock",
+     "tectonic plates build up stress and release it along faults",
+     "Japan builds flexible buildings to survive strong earthquakes"),
+    ("a healthy diet", "eating a balance of foods that give the body what it needs",
+     "vegetables, whole grains and protein supply vitamins and energy",
+     "a plate that is half vegetables is a simple rule to follow"),
+    ("bees", "insects that collect nectar and pollen from flowers",
+     "as they move between flowers they carry pollen that helps plants reproduce",
+     "many fruits such as apples depend on bees for pollination"),
+    ("the moon", "the natural satellite that orbits the earth",
+     "its gravity pulls on the oceans and causes the tides",
+     "a full moon happens about once every twenty nine days"),
+    ("cloud computing", "renting computing power and storage over the internet",
+     "providers run large data centres and share them among many customers",
+     "a photo app may store your pictures in the cloud"),
+    ("interest on savings", "money a bank pays you for keeping money with it",
+     "the bank lends your deposit to others and shares part of what it earns",
+     "one hundred dollars at five percent grows to one hundred and five in a year"),
+]
+
+PROMPTS = [
+    "Explain {t}.", "What is {t}?", "Can you tell me about {t}?", "Describe {t} in simple terms.",
+    "How would you explain {t} to a beginner?", "I want to understand {t}. Can you help?",
+    "Give me a short explanation of {t}.", "What should I know about {t}?",
+    "Please explain {t} to me.", "Teach me the basics of {t}.",
+]
+
+CHOSEN = [
+    "{T} is {what}. In short, {how}. For example, {ex}.",
+    "Good question! {T} is {what}. It works like this: {how}. A simple example: {ex}.",
+    "{T} is {what}. The key idea is that {how}. To make it concrete, {ex}. I hope this helps!",
+    "Here is a clear explanation. {T} is {what}. {How}. As an example, {ex}.",
+    "Sure. {T} is {what}. Put simply, {how}. One everyday example is that {ex}. Let me know if you want more detail.",
+]
+
+REJECTED = [
+    "I don't know.", "Just look it up.", "{T}? It's complicated.", "Not sure, maybe something about {u}.",
+    "Why do you care about {t}?", "It is a thing.", "Whatever, it's not important.",
+    "{T} is {u}, I think.", "Ask someone else.", "No idea, sorry.", "That is a boring question.",
+    "Something with {u} or so.",
+]
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def sample_pairs(n: int = 10, seed: int = 0) -> list[dict[str, str]]:
+    """Return ``n`` preference pairs ``{prompt, chosen, rejected}`` drawn with ``seed``."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic, what, how, example = TOPICS[(i + rng.randrange(len(TOPICS))) % len(TOPICS)]
+        unrelated = rng.choice([t for t in TOPICS if t[0] != topic])[0]
+        fill = {"t": topic, "T": _cap(topic), "what": what, "how": how, "How": _cap(how), "ex": example,
+                "u": unrelated}
+        rows.append({
+            "prompt": rng.choice(PROMPTS).format(**fill),
+            "chosen": rng.choice(CHOSEN).format(**fill),
+            "rejected": rng.choice(REJECTED).format(**fill),
+        })
+    return rows
+
+
+def corpus_text() -> str:
+    """Text used to train the built-in tiny tokenizer: every word the samples can contain."""
+    parts = []
+    for topic, what, how, example in TOPICS:
+        fill = {"t": topic, "T": _cap(topic), "what": what, "how": how, "How": _cap(how), "ex": example,
+                "u": topic}
+        parts += [p.format(**fill) for p in PROMPTS + CHOSEN + REJECTED]
+    return "\n".join(parts)

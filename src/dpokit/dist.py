@@ -1,0 +1,57 @@
+"""Distributed helpers: the only module that talks to ``torch.distributed``.
+
+Under ``torchrun`` (RANK / WORLD_SIZE set) the process group is started here; a single process
+works the same way with rank 0 of 1. The rest of the code asks `is_main()`, `barrier()` and
+`all_reduce_sum()`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as td
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(device_type: str = "cpu") -> DistInfo:
+    """Start the process group when launched by torchrun; otherwise a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not td.is_initialized():
+        td.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(td.get_rank(), td.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def is_main() -> bool:
+    return not td.is_initialized() or td.get_rank() == 0
+
+
+def barrier() -> None:
+    if td.is_initialized():
+        td.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over processes (in place) and return it; a no-op for one process."""
+    if td.is_initialized():
+        td.all_reduce(tensor, op=td.ReduceOp.SUM)
+    return tensor
+
+
+def shutdown() -> None:
+    if td.is_initialized():
+        td.barrier()  # keeps ranks from exiting mid-collective (ANCHORS.md)
+        td.destroy_process_group()

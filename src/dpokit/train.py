@@ -1,0 +1,349 @@
+"""The training loop: policy + frozen reference, a registered preference loss, AdamW.
+
+Read top to bottom: `train` sets up (data first, so bad data stops the run before a model is
+loaded), then runs one linear loop of optimizer steps. Each optimizer step takes
+``grad_accum`` micro-batches; every micro-batch's loss is divided by the number of pairs in the
+whole step, so batch B x accumulation K gives the same update as batch BK x 1. Everything a
+checkpoint needs lives in `TrainState` and the objects it names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dpokit import dist
+from dpokit.config import Config
+from dpokit.data.collate import PreferenceBatch, collate
+from dpokit.data.pairs import TokenizedPair
+from dpokit.data.sources import load_train_eval
+from dpokit.data.tokenize import tokenize_pairs
+from dpokit.errors import ConfigError, DpokitError
+from dpokit.logps import SequenceLogps, SequenceScorer
+from dpokit.losses import LossInputs, LossOutput, LossSpec, get_loss
+from dpokit.models import autocast, frozen_copy, load_model, load_tokenizer, resolve_device, resolve_precision
+from dpokit.tracking import MetricsLog
+
+
+@dataclass
+class PairStream:
+    """Endless stream of pair indices: one shuffled pass after another, this rank's share only.
+
+    ``epoch`` and ``position`` are the whole state, so a checkpoint can resume mid-epoch.
+    """
+
+    size: int
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    epoch: int = 0
+    position: int = 0
+
+    def _order(self) -> list[int]:
+        order = list(range(self.size))
+        random.Random(self.seed + self.epoch).shuffle(order)
+        return order[self.rank :: self.world_size]
+
+    def take(self, n: int) -> list[int]:
+        out: list[int] = []
+        order = self._order()
+        while len(out) < n:
+            if self.position >= len(order):
+                self.epoch, self.position = self.epoch + 1, 0
+                order = self._order()
+            out.append(order[self.position])
+            self.position += 1
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+
+@dataclass
+class TrainState:
+    """Counters of the run (micro-steps and optimizer steps apart) and the data position."""
+
+    step: int = 0  # optimizer steps done
+    micro_step: int = 0  # micro-batches done
+    tokens_seen: int = 0  # real tokens fed to the policy (TRL's num_tokens)
+    stream: dict[str, int] = field(default_factory=dict)
+
+
+def lr_factor(step: int, total: int, warmup: int, shape: str) -> float:
+    """Multiplier of the peak learning rate at ``step``: linear warmup, then the chosen shape."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    if shape == "linear":
+        return max(0.0, 1.0 - progress)
+    if shape == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+def total_steps(config: Config, num_pairs: int, world_size: int) -> int:
+    if config.train.steps is not None:
+        return config.train.steps
+    per_step = config.train.batch_size * config.train.grad_accum * world_size
+    return max(1, math.ceil((config.train.epochs or 1.0) * num_pairs / per_step))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---- one step's numbers -----------------------------------------------------------------------
+
+
+def loss_inputs(policy: SequenceLogps, reference: SequenceLogps | None, beta: float) -> LossInputs:
+    b = policy.num_pairs
+    return LossInputs(
+        policy_chosen=policy.chosen, policy_rejected=policy.rejected,
+        reference_chosen=None if reference is None else reference.chosen,
+        reference_rejected=None if reference is None else reference.rejected,
+        chosen_tokens=policy.tokens[:b], rejected_tokens=policy.tokens[b:], beta=beta,
+    )
+
+
+class MetricSums:
+    """Sums of per-pair metrics over a logging window (or an evaluation), averaged on read."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.pairs = 0
+
+    def add(self, out: LossOutput, policy: SequenceLogps) -> None:
+        b = policy.num_pairs
+        chosen, rejected = out.chosen_rewards.float(), out.rejected_rewards.float()
+        values = {
+            "loss": out.losses.detach().sum(),
+            "rewards/chosen": chosen.sum(),
+            "rewards/rejected": rejected.sum(),
+            "rewards/margins": (chosen - rejected).sum(),
+            "rewards/accuracies": (chosen > rejected).float().sum(),
+            "logps/chosen": policy.chosen.detach().sum(),
+            "logps/rejected": policy.rejected.detach().sum(),
+            "logits/chosen": policy.logits_mean[:b].sum(),
+            "logits/rejected": policy.logits_mean[b:].sum(),
+            "policy_preference": (policy.mean[:b] > policy.mean[b:]).float().sum(),
+        }
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.pairs += b
+
+    def means(self, prefix: str = "") -> dict[str, float]:
+        totals = torch.tensor([*self.sums.values(), float(self.pairs)], dtype=torch.float64)
+        dist.all_reduce_sum(totals)
+        n = max(1.0, float(totals[-1]))
+        return {f"{prefix}{k}": float(v) / n for k, v in zip(self.sums, totals[:-1])}
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Everything a training run holds; a checkpoint saves what it needs from here."""
+
+    config: Config
+    info: dist.DistInfo
+    device: torch.device
+    precision: str
+    tokenizer: Any
+    policy: torch.nn.Module
+    reference: torch.nn.Module | None
+    loss: LossSpec
+    train_pairs: list[TokenizedPair]
+    eval_pairs: list[TokenizedPair]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    stream: PairStream
+    state: TrainState
+    total_steps: int
+    out_dir: Path
+    log: MetricsLog
+
+    def batch(self, pairs: list[TokenizedPair]) -> PreferenceBatch:
+        return collate(pairs, self.config.data.layout, self.tokenizer.pad_token_id).to(self.device)
+
+    def forward(self, batch: PreferenceBatch) -> tuple[SequenceLogps, SequenceLogps | None]:
+        with autocast(self.precision, self.device):
+            policy = SequenceScorer(self.policy)(batch)
+            reference = None
+            if self.reference is not None:
+                with torch.no_grad():
+                    reference = SequenceScorer(self.reference)(batch).detach()
+        return policy, reference
+
+
+def setup(config: Config, demo: bool = False) -> Run:
+    """Load data (checked first), tokenizer, models and optimizer for a run."""
+    device = resolve_device(config.model.device)
+    info = dist.init(device.type)
+    seed_everything(config.train.seed + info.rank)
+    out_dir = Path(config.output.dir)
+    loss = get_loss(config.loss.loss_type)
+    log = MetricsLog(None, enabled=info.is_main)
+
+    train_raw, eval_raw = load_train_eval(config.data, config.train.seed)  # bad data stops us here
+    tokenizer = load_tokenizer(config.model)
+    if config.data.chat_template:
+        tokenizer.chat_template = config.data.chat_template
+    train_pairs, stats = tokenize_pairs(train_raw, tokenizer, config.data.max_length, config.data.max_prompt_length)
+    log.print(f"train data: {stats.summary()}")
+    eval_pairs: list[TokenizedPair] = []
+    if eval_raw:
+        eval_pairs, eval_stats = tokenize_pairs(eval_raw, tokenizer, config.data.max_length,
+                                                config.data.max_prompt_length)
+        log.print(f"eval data: {eval_stats.summary()}")
+    if not train_pairs:
+        raise DpokitError("no training pairs left after tokenization; raise --max-length or check the data")
+
+    precision = resolve_precision(config.model.precision, device)
+    policy = load_model(config.model, device)
+    policy.train()
+    reference = frozen_copy(policy) if loss.needs_reference else None
+    optimizer = torch.optim.AdamW(
+        [p for p in policy.parameters() if p.requires_grad], lr=config.train.lr,
+        betas=config.train.adam_betas, weight_decay=config.train.weight_decay,
+        fused=device.type == "cpu" or None)
+    steps = total_steps(config, len(train_pairs), info.world_size)
+    warmup = config.train.warmup_steps if config.train.warmup_steps is not None else int(
+        config.train.warmup_ratio * steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, steps, warmup, config.train.scheduler))
+    stream = PairStream(len(train_pairs), config.train.seed, info.rank, info.world_size)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config.save(out_dir / "config.yaml")
+        log = MetricsLog(out_dir / "metrics.jsonl", enabled=True)
+        n_params = sum(p.numel() for p in policy.parameters())
+        log.print(f"{'demo: ' if demo else ''}model {config.model.name_or_path} ({n_params / 1e6:.1f}M params), "
+                  f"precision {precision}, device {device}, {len(train_pairs)} train / {len(eval_pairs)} eval "
+                  f"pairs, {steps} steps x {config.train.batch_size * config.train.grad_accum * info.world_size} "
+                  f"pairs, loss {loss.name}, reference {'frozen copy' if reference is not None else 'none'}")
+    return Run(config, info, device, precision, tokenizer, policy, reference, loss, train_pairs, eval_pairs,
+               optimizer, scheduler, stream, TrainState(), steps, out_dir, log)
+
+
+def train_step(run: Run, window: MetricSums) -> float:
+    """One optimizer step over ``grad_accum`` micro-batches; returns the gradient norm before clipping."""
+    cfg = run.config
+    micro = [run.stream.take(cfg.train.batch_size) for _ in range(cfg.train.grad_accum)]
+    step_pairs = dist.all_reduce_sum(torch.tensor(float(sum(len(m) for m in micro)))).item()
+    for indices in micro:
+        batch = run.batch([run.train_pairs[i] for i in indices])
+        policy, reference = run.forward(batch)
+        out = run.loss.fn(loss_inputs(policy, reference, cfg.loss.beta), cfg.loss)
+        # DDP averages gradients over ranks, so scale by world size to keep "sum over the step's pairs".
+        loss = out.losses.sum() * run.info.world_size / step_pairs
+        if out.token_loss is not None:
+            step_tokens = dist.all_reduce_sum(policy.tokens[: policy.num_pairs].sum().float().clone())
+            loss = loss + out.token_loss * run.info.world_size / step_tokens
+        loss.backward()
+        window.add(out, policy)
+        run.state.micro_step += 1
+        run.state.tokens_seen += batch.num_tokens
+    params = [p for p in run.policy.parameters() if p.requires_grad]
+    max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    if not math.isfinite(grad_norm):
+        raise DpokitError(
+            f"step {run.state.step + 1}: the gradient norm is {grad_norm}; the run is stopped before the "
+            "update, and the last checkpoint is intact. Lower --lr or --beta, or use --precision fp32.")
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.state.step += 1
+    run.state.stream = run.stream.state()
+    return grad_norm
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict[str, float]:
+    """Loss, rewards and the policy's own preference on the eval pairs (this rank's share)."""
+    run.policy.eval()
+    sums = MetricSums()
+    mine = run.eval_pairs[run.info.rank :: run.info.world_size]
+    for start in range(0, len(mine), run.config.train.batch_size):
+        batch = run.batch(mine[start : start + run.config.train.batch_size])
+        policy, reference = run.forward(batch)
+        out = run.loss.fn(loss_inputs(policy, reference, run.config.loss.beta), run.config.loss)
+        sums.add(out, policy)
+    run.policy.train()
+    return sums.means(prefix="eval_")
+
+
+def save_model(run: Run, path: Path) -> None:
+    """Write a Hugging Face model directory atomically: to a temporary name, then renamed."""
+    if not run.info.is_main:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    run.policy.save_pretrained(tmp, safe_serialization=True)
+    run.tokenizer.save_pretrained(tmp)
+    run.config.save(tmp / "dpokit_config.yaml")
+    (tmp / "trainer_state.json").write_text(json.dumps(
+        {**asdict(run.state), "total_steps": run.total_steps}, indent=2))
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def train(config: Config, demo: bool = False) -> Path:
+    """Run DPO training as configured; returns the directory of the final model."""
+    from tqdm.auto import tqdm
+
+    run = setup(config, demo)
+    cfg = config
+    progress = tqdm(total=run.total_steps, desc="train", unit="step", dynamic_ncols=True,
+                    disable=not (run.info.is_main and cfg.output.progress))
+    run.log.progress = progress
+    if run.eval_pairs and cfg.train.eval_on_start:
+        run.log.log({"step": 0, **evaluate(run)})
+    window, window_start, window_tokens = MetricSums(), time.perf_counter(), run.state.tokens_seen
+    try:
+        while run.state.step < run.total_steps:
+            grad_norm = train_step(run, window)
+            step = run.state.step
+            progress.update(1)
+            if step == 1 or step % cfg.output.logging_steps == 0 or step == run.total_steps:
+                elapsed = time.perf_counter() - window_start
+                row = {"step": step, **window.means(), "grad_norm": grad_norm,
+                       "learning_rate": run.scheduler.get_last_lr()[0],
+                       "epoch": round(run.stream.epoch + run.stream.position / max(1, len(run.stream._order())), 4),
+                       "num_tokens": run.state.tokens_seen,
+                       "tokens_per_second": (run.state.tokens_seen - window_tokens) * run.info.world_size / elapsed}
+                run.log.log(row)
+                window, window_start, window_tokens = MetricSums(), time.perf_counter(), run.state.tokens_seen
+            if run.eval_pairs and cfg.train.eval_steps and step % cfg.train.eval_steps == 0 and step != run.total_steps:
+                run.log.log({"step": step, **evaluate(run)})
+            if cfg.output.save_steps and step % cfg.output.save_steps == 0 and step != run.total_steps:
+                save_model(run, run.out_dir / f"checkpoint-{step}")
+                dist.barrier()
+        if run.eval_pairs:
+            run.log.log({"step": run.state.step, **evaluate(run)})
+        final = run.out_dir / "final"
+        save_model(run, final)
+        dist.barrier()
+        if run.info.is_main:
+            run.log.print(f"saved the aligned model to {final}")
+        return final
+    finally:
+        progress.close()
+        run.log.close()

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny real models and tokenizers, built locally (no network), saved and loaded
+through the real ``from_pretrained`` path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+HH_RLHF = SHARED / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dpokit_cache(tmp_path_factory) -> Path:
+    """One cache per test session, so the built-in tiny model is built once and never read from $HOME."""
+    path = Path(os.environ.get("DPOKIT_TEST_CACHE") or tmp_path_factory.mktemp("dpokit-cache"))
+    os.environ["DPOKIT_CACHE"] = str(path)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(dpokit_cache) -> Path:
+    """The built-in tiny model (a warmed-up 4-layer Llama with its BPE tokenizer)."""
+    from dpokit.models import tiny_model_dir
+
+    return tiny_model_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """The built-in tiny BPE tokenizer (no chat template)."""
+    from dpokit.models import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+def make_random_model(arch: str, path: Path, tokenizer, seed: int = 0) -> Path:
+    """Save a tiny random ``llama`` or ``gpt2`` model with ``tokenizer`` under ``path``."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=512, **common))
+    elif arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512,
+                                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common))
+    else:
+        raise ValueError(arch)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    return make_random_model("llama", tmp_path_factory.mktemp("llama"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    return make_random_model("gpt2", tmp_path_factory.mktemp("gpt2"), tiny_tokenizer)

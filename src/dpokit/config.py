@@ -53,10 +53,63 @@ class ModelConfig:
     """Recompute activations in the backward pass: less memory, about 30% more compute."""
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    compile: bool = False
+    """Compile the model's decoder with ``torch.compile`` (the first steps are slower while it
+    compiles; pays off on long runs, mostly on GPUs)."""
+    reference: Literal["auto", "copy", "model", "lora", "precomputed", "none"] = "auto"
+    """Where the reference log-probs come from (``reference.py``): ``copy``, a frozen copy of the
+    starting policy; ``model``, the separate model ``ref_model``; ``lora``, the policy's base with its
+    LoRA adapters switched off (no second copy); ``precomputed``, one pass before training, cached on
+    disk, no reference model in memory while training; ``none`` (reference-free losses). ``auto``:
+    none for reference-free losses, else ``model`` when ``ref_model`` is set, ``lora`` with LoRA,
+    else ``copy``."""
+    ref_model: str | None = None
+    """Hub id or local directory of a separate reference model (same tokenizer as the policy). None:
+    the reference is the starting policy."""
+    ref_refresh_steps: int | None = None
+    """TR-DPO (Gorbatovski et al. 2024): every this many optimizer steps, move the reference toward
+    the policy, ``ref <- mix * policy + (1 - mix) * ref``. None: the reference stays fixed."""
+    ref_refresh_mix: float = 1.0
+    """TR-DPO's alpha: 1.0 copies the policy into the reference (hard update); below 1 mixes (TRL's
+    default is 0.6)."""
+    lora: bool = False
+    """Train LoRA adapters (``peft``) instead of all weights; the saved model is merged, with the
+    adapter beside it in ``final/adapter/``."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: float = 32.0
+    """LoRA scale numerator: the update is ``(lora_alpha / lora_r) * B @ A``."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA path (0: DPO runs without dropout, like the reference implementation)."""
+    lora_target_modules: list[str] | None = None
+    """Module names to adapt (``[q_proj, v_proj]``); None: every linear layer but the output head."""
+    load_in_4bit: bool = False
+    """QLoRA: load the frozen base weights in 4-bit NF4 (``bitsandbytes``, ``pip install
+    dpokit[qlora]``) and train LoRA adapters on top; implies ``lora``."""
 
     def __post_init__(self) -> None:
         if not self.name_or_path:
             raise ValueError("model.name_or_path must not be empty")
+        if self.load_in_4bit:
+            self.lora = True
+        if self.reference == "model" and not self.ref_model:
+            raise ValueError("model.reference 'model' needs model.ref_model (--ref-model PATH_OR_ID)")
+        if self.ref_model and self.reference in ("copy", "lora", "none"):
+            raise ValueError(f"model.ref_model is set but model.reference is '{self.reference}', which does "
+                             "not use it; drop one of them")
+        if self.reference == "lora" and not self.lora:
+            raise ValueError("model.reference 'lora' needs LoRA training (--lora true or --load-in-4bit true)")
+        if self.reference == "copy" and self.load_in_4bit:
+            raise ValueError("a 4-bit model cannot be copied for the reference; use model.reference lora "
+                             "(the default with load_in_4bit) or precomputed")
+        if self.ref_refresh_steps is not None and self.ref_refresh_steps < 1:
+            raise ValueError("model.ref_refresh_steps must be at least 1")
+        if not 0.0 < self.ref_refresh_mix <= 1.0:
+            raise ValueError("model.ref_refresh_mix must be in (0, 1]")
+        if self.lora_r < 1 or self.lora_alpha <= 0:
+            raise ValueError("model.lora_r must be at least 1 and model.lora_alpha positive")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError("model.lora_dropout must be in [0, 1)")
 
 
 @dataclass
@@ -64,11 +117,39 @@ class DataConfig:
     """Where preference pairs come from and how they are tokenized and batched."""
 
     path: str | None = None
-    """JSONL file of ``{prompt, chosen, rejected}`` rows. None: the built-in sample pairs."""
+    """The training data: a local JSONL / JSON / Parquet / CSV file, a directory (written by ``dpokit
+    data prepare``, saved by `datasets`, or a data set repository), a hub id (``owner/name``), or a
+    preset (``ultrafeedback``, ``hh-rlhf``, ``orca``). None: the built-in sample pairs."""
+    split: str | None = None
+    """Split of a hub data set or saved directory; None: the preset's split, else ``train``."""
+    config_name: str | None = None
+    """Config (subset) name of a hub data set, as ``datasets.load_dataset(id, config_name)``."""
+    data_dir: str | None = None
+    """``data_dir`` of a hub data set (e.g. ``harmless-base`` of ``Anthropic/hh-rlhf``)."""
+    format: Literal["auto", "plain", "conversational", "implicit", "orca"] = "auto"
+    """Row format (``data/formats.py``); ``auto`` detects it from the first row: ``plain`` prompt /
+    chosen / rejected strings, ``conversational`` chat message lists, ``implicit`` whole dialogues
+    (HH-RLHF), ``orca`` system + question."""
+    columns: dict[str, str] | list[str] | None = None
+    """Rename your columns to dpokit's, ``{prompt: question, chosen: good, rejected: bad}``; a list
+    keeps only those columns."""
+    mixture: dict[str, Any] | None = None
+    """A mixture of data sets (alignment-handbook ``dataset_mixture``): ``{datasets: [{id, split,
+    weight, columns}], seed, test_split_size}``; a weight is the fraction of that data set to take."""
     eval_path: str | None = None
-    """JSONL file of evaluation pairs. Evaluation runs only when eval data is given."""
+    """Evaluation data (any source ``path`` accepts). Evaluation runs only when eval data is given."""
+    eval_split: str | None = None
+    """A split of the training source (or of each mixture data set) to evaluate on, e.g. ``test_prefs``."""
     eval_fraction: float = 0.0
     """Hold out this fraction of the training pairs (after shuffling with the seed) for evaluation."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """``error``: a bad row (invalid JSON, missing column, wrong type, empty field, chosen ==
+    rejected, ...) stops the run before the model loads; ``skip``: bad rows are skipped and counted."""
+    num_proc: int = 1
+    """Worker processes for tokenization (large data sets)."""
+    tokenized_cache: bool = True
+    """Cache tokenized pairs under ``$DPOKIT_CACHE/tokenized``, keyed by data + tokenizer + settings,
+    so a second run starts fast."""
     sample_size: int = 200
     """How many built-in sample pairs to generate when ``path`` is None."""
     max_samples: int | None = None
@@ -80,8 +161,11 @@ class DataConfig:
     """Longest prompt in tokens; longer prompts keep their last tokens. None: no separate limit."""
     chat_template: str | None = None
     """A Jinja chat template to use instead of the tokenizer's (conversational data only)."""
-    layout: Literal["padded"] = "padded"
-    """How pairs are laid out in a batch (see ``data/collate.py``)."""
+    layout: Literal["padded", "packed", "prefix"] = "prefix"
+    """How pairs are laid out in a batch (``data/collate.py``); all give the same log-probs.
+    ``prefix``: ``[prompt][chosen][rejected]`` per pair, the prompt computed once (fastest when
+    prompts are long); ``packed``: sequences end to end, no padding; ``padded``: the classic 2B
+    right-padded rows."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -92,6 +176,15 @@ class DataConfig:
             raise ValueError("data.max_prompt_length must be smaller than data.max_length")
         if self.sample_size < 1:
             raise ValueError("data.sample_size must be at least 1")
+        if self.num_proc < 1:
+            raise ValueError("data.num_proc must be at least 1")
+        if self.mixture is not None:
+            from dpokit.data.mixture import parse_mixture
+
+            if self.path is not None:
+                raise ValueError("set data.path (--dataset) or data.mixture (dataset_mixture), not both")
+            if parse_mixture(self.mixture).test_split_size and self.eval_fraction:
+                raise ValueError("set data.eval_fraction or the mixture's test_split_size, not both")
 
 
 @dataclass
@@ -99,18 +192,57 @@ class LossConfig:
     """The preference objective."""
 
     loss_type: str = "sigmoid"
-    """Registered loss name (``dpokit.losses.LOSSES``): ``sigmoid`` is DPO."""
-    beta: float = 0.1
+    """Registered loss (``dpokit.losses.LOSSES``): ``sigmoid`` (DPO), ``robust``, ``ipo``, ``hinge``,
+    ``exo_pair``, ``nca_pair``, ``sppo_hard``, ``apo_zero``, ``apo_down``, ``discopop``, ``simpo``,
+    ``orpo``, ``sft``. Several, comma-separated (``sigmoid,sft``), give a weighted combination."""
+    beta: float | None = None
     """Strength of the KL penalty toward the reference: higher keeps the policy closer to it.
-    0.1 is the usual start; 0.01-0.5 is the common range."""
+    None: the loss's paper default, 0.1 (2.0 for SimPO); 0.01-0.5 is the common range for DPO."""
     label_smoothing: float = 0.0
-    """Assumed fraction of flipped labels (cDPO); 0 is plain DPO."""
+    """Assumed fraction of flipped labels: cDPO (``sigmoid``), ``robust``, ``simpo``; ``exo_pair``'s
+    eps (0 means 1e-3). 0 is plain DPO."""
+    sequence_logps: Literal["auto", "sum", "mean"] = "auto"
+    """How a sequence's log-prob is reduced over its tokens: ``auto`` is each loss's own convention
+    (sums; per-token means for ipo, simpo, orpo); ``sum`` gives IPO as the reference implementation."""
+    simpo_gamma: float = 0.5
+    """SimPO's target reward margin gamma (the SimPO code's gamma/beta = 0.25 at beta 2.0)."""
+    orpo_lambda: float = 0.1
+    """ORPO's weight lambda of the odds-ratio term (Hong et al. 2024)."""
+    rpo_alpha: float = 0.0
+    """Weight of the chosen answers' per-token NLL added to the loss (RPO; Pang et al. 2024 use 1.0).
+    0 turns it off."""
+    discopop_tau: float = 0.05
+    """DiscoPOP's temperature tau (Lu et al. 2024)."""
+    loss_weights: list[float] | None = None
+    """Weights of the losses in a combination (``loss_type: sigmoid,sft``), in order; None: 1 each."""
+    beta_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """How beta moves over the run: ``constant``; ``linear`` is ``beta * (1 + step / steps)`` (rises to
+    2 beta); ``cosine`` makes the same rise along a half cosine."""
 
     def __post_init__(self) -> None:
+        from dpokit.losses import get_loss, loss_names  # torch; imported only when a config is built
+
+        spec = get_loss(self.loss_type)
+        self.loss_type = spec.name
+        if self.beta is None:
+            self.beta = spec.default_beta
         if self.beta <= 0:
             raise ValueError("loss.beta must be positive")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError("loss.label_smoothing must be in [0, 0.5)")
+        for name in ("orpo_lambda", "discopop_tau"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"loss.{name} must be positive")
+        if self.rpo_alpha < 0:
+            raise ValueError("loss.rpo_alpha must be 0 or more")
+        if self.loss_weights is not None:
+            names = loss_names(self.loss_type)
+            if len(self.loss_weights) != len(names):
+                raise ValueError(f"loss.loss_weights has {len(self.loss_weights)} weights for "
+                                 f"{len(names)} losses ({', '.join(names)})")
+            if any(w < 0 for w in self.loss_weights):
+                raise ValueError("loss.loss_weights must be 0 or more")
+            self.loss_weights = [float(w) for w in self.loss_weights]
 
 
 @dataclass
@@ -203,7 +335,6 @@ ALIASES: dict[str, str] = {
     "output": "output.dir",
     "output_dir": "output.dir",
     "steps": "train.steps",
-    "max_steps": "train.steps",
     "epochs": "train.epochs",
     "num_train_epochs": "train.epochs",
     "lr": "train.lr",
@@ -215,8 +346,112 @@ ALIASES: dict[str, str] = {
     "seed": "train.seed",
     "logging_steps": "output.logging_steps",
     "save_steps": "output.save_steps",
-    "lr_scheduler_type": "train.scheduler",
+    # alignment-handbook / TRL recipe keys (their flat names)
+    "model_name_or_path": "model.name_or_path",
+    "model_revision": "model.revision",
+    "dataset": "data.path",
+    "dataset_name": "data.path",
+    "dataset_config": "data.config_name",
+    "dataset_config_name": "data.config_name",
+    "dataset_train_split": "data.split",
+    "dataset_test_split": "data.eval_split",
+    "dataset_mixture": "data.mixture",
+    "dataset_mixer": "data.mixture",
+    "layout": "data.layout",
+    "use_peft": "model.lora",  # TRL's flag for LoRA
 }
+
+
+# Recipe keys whose values need converting (`_convert_recipe_keys`): bf16 / fp16 / torch_dtype ->
+# model.precision, max_steps -1 -> no step limit, HF scheduler names, dataset_splits -> split and
+# eval_split, a worker count of null -> unchanged.
+RECIPE_KEYS = ("torch_dtype", "dtype", "bf16", "fp16", "max_steps", "lr_scheduler_type", "dataset_splits",
+               "preprocessing_num_workers", "dataset_num_proc")
+
+# Keys of Hugging Face TrainingArguments, TRL's DPOConfig / ModelConfig / ScriptArguments and
+# alignment-handbook recipes that dpokit does not use: a recipe runs as is, and they are listed
+# in one warning instead of failing. Any other unknown key is an error with the closest match.
+HF_UNUSED_KEYS = frozenset("""
+    adafactor adam_beta1 adam_beta2 adam_epsilon auto_find_batch_size auto_insert_empty_system_msg
+    bf16_full_eval bnb_4bit_quant_type bnb_4bit_compute_dtype chat_template_path data_seed dataloader_drop_last
+    dataloader_num_workers dataloader_persistent_workers dataloader_pin_memory dataloader_prefetch_factor
+    dataset_kwargs dataset_text_field ddp_backend ddp_find_unused_parameters ddp_timeout deepspeed
+    disable_dropout disable_tqdm do_eval do_predict do_train eval_accumulation_steps eval_delay eval_on_start
+    eval_strategy evaluation_strategy f_divergence_type force_use_ref_model fp16_full_eval fsdp fsdp_config
+    generate_during_eval gradient_checkpointing_kwargs greater_is_better hub_model_id hub_model_revision
+    hub_private_repo hub_strategy hub_token ignore_data_skip include_num_input_tokens_seen include_tokens_per_second
+    is_reference_free label_names label_pad_token_id learning_rate_scheduler lr_scheduler_kwargs load_best_model_at_end
+    load_in_4bit load_in_8bit local_rank log_level log_level_replica log_on_each_node logging_dir
+    logging_first_step logging_nan_inf_filter logging_strategy lora_alpha lora_dropout lora_modules_to_save lora_r
+    lora_target_modules lora_task_type max_completion_length max_target_length metric_for_best_model
+    model_adapter_name model_init_kwargs neftune_noise_alpha num_proc optim optim_args optim_target_modules
+    overwrite_output_dir padding_free padding_value past_index per_device_eval_batch_size precompute_ref_batch_size
+    precompute_ref_log_probs prediction_loss_only push_to_hub ref_adapter_name ref_model_init_kwargs
+    ref_model_mixup_alpha ref_model_sync_steps remove_unused_columns report_to restore_callback_states_from_checkpoint
+    resume_from_checkpoint rpo_alpha run_name save_on_each_node save_only_model save_safetensors save_strategy
+    save_total_limit skip_memory_metrics sync_ref_model tf32 tokenizer_name_or_path torch_compile
+    torch_compile_backend torch_compile_mode torch_empty_cache_steps tools truncation_mode truncation_side
+    use_bnb_nested_quant use_cpu use_liger_kernel use_logits_to_keep use_mps_device use_peft use_weighting
+    wandb_entity wandb_project wandb_run_group warmup_min_lr text_column ddp_bucket_cap_mb
+    average_tokens_across_devices label_smoothing_factor activation_checkpointing activation_checkpointing_kwargs
+    liger_kernel_config use_cache project trackio_space_id eval_do_concat_batches eval_use_gather_object
+    include_for_metrics batch_eval_metrics enable_jit_checkpoint hub_always_push hub_revision full_determinism
+    accelerator_config parallelism_config dataloader_multiprocessing_context dataloader_in_order
+    train_sampling_strategy length_column_name ddp_broadcast_buffers ddp_static_graph debug group_by_length
+    jit_mode_eval use_ipex bf16 fp16_opt_level half_precision_backend mp_parameters split_batches
+    dispatch_batches include_inputs_for_metrics torchdynamo ray_scope reference_free
+""".split()) - set(RECIPE_KEYS)
+
+
+def _convert_recipe_keys(flat: dict[str, Any], where: str) -> dict[str, Any]:
+    """Turn one layer's ``recipe.*`` keys into dpokit keys; ``unused.*`` keys stay for the warning."""
+    recipe = {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith("recipe.")}
+    if not recipe:
+        return flat
+    out = {k: v for k, v in flat.items() if not k.startswith("recipe.")}
+
+    def truthy(value: Any) -> bool:
+        return value is True or str(value).lower() in ("true", "1", "yes")
+
+    if "model.precision" not in out:
+        if truthy(recipe.get("bf16")) and truthy(recipe.get("fp16")):
+            raise ConfigError(f"{where}: bf16 and fp16 are both true; set one of them")
+        dtypes = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16",
+                  "float32": "fp32", "fp32": "fp32", "float": "fp32"}
+        dtype = recipe.get("torch_dtype", recipe.get("dtype"))
+        if truthy(recipe.get("bf16")):
+            out["model.precision"] = "bf16"
+        elif truthy(recipe.get("fp16")):
+            out["model.precision"] = "fp16"
+        elif dtype not in (None, "auto"):
+            if str(dtype) not in dtypes:
+                raise ConfigError(f"{where}: torch_dtype {dtype!r} is not one of {', '.join(dtypes)} or auto")
+            out["model.precision"] = dtypes[str(dtype)]
+    if "max_steps" in recipe:
+        steps = recipe["max_steps"]
+        out["train.steps"] = None if steps is None or (str(steps).lstrip("-").isdigit() and int(steps) < 0) else steps
+    if "lr_scheduler_type" in recipe:
+        name = recipe["lr_scheduler_type"]
+        out["train.scheduler"] = {"constant_with_warmup": "constant", "cosine_with_min_lr": "cosine"}.get(name, name)
+    for key in ("preprocessing_num_workers", "dataset_num_proc"):
+        if recipe.get(key) is not None:
+            out["data.num_proc"] = recipe[key]
+    if "dataset_splits" in recipe:
+        splits = recipe["dataset_splits"]
+        splits = [splits] if isinstance(splits, str) else list(splits or [])
+        train = [x for x in splits if "train" in str(x)]
+        test = [x for x in splits if "test" in str(x)]
+        if train:
+            out["data.split"] = train[0]
+        if test:
+            out["data.eval_split"] = test[0]
+    return out
+
+
+def unused_keys(flat: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Split off the recipe keys dpokit does not use (listed in one warning)."""
+    unused = sorted(k.split(".", 1)[1] for k in flat if k.startswith("unused."))
+    return {k: v for k, v in flat.items() if not k.startswith("unused.")}, unused
 
 
 @dataclass
@@ -264,8 +499,13 @@ def resolve_key(key: str, where: str) -> str:
     norm = key.strip().lstrip("-").replace("-", "_")
     if norm in KEYS:
         return KEYS[norm]
+    if norm in RECIPE_KEYS:
+        return f"recipe.{norm}"
+    if norm in HF_UNUSED_KEYS:
+        return f"unused.{norm}"
     close = difflib.get_close_matches(norm, list(KEYS), n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0].replace('_', '-') if where == 'command line' else close[0]}'?" if close else ""
+    suggestion = f"--{close[0].replace('_', '-')}" if close and where == "command line" else (close or [""])[0]
+    hint = f"; did you mean '{suggestion}'?" if close else ""
     shown = f"--{norm.replace('_', '-')}" if where == "command line" else key
     raise ConfigError(f"unknown key '{shown}' in {where}{hint} (`dpokit train --help` lists them all)")
 
@@ -284,7 +524,7 @@ def flatten_yaml(data: Any, where: str) -> dict[str, Any]:
                 flat[resolve_key(f"{key}.{sub}", where)] = subvalue
         else:
             flat[resolve_key(key, where)] = value
-    return flat
+    return _convert_recipe_keys(flat, where)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -300,10 +540,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return flatten_yaml(data, str(path))
 
 
-def demo_recipe() -> dict[str, Any]:
-    """The built-in demo settings used when neither a config file nor ``--data`` is given."""
-    text = resources.files("dpokit").joinpath("recipes/demo.yaml").read_text(encoding="utf-8")
-    return flatten_yaml(yaml.safe_load(text), "the built-in demo recipe")
+def demo_recipe(name: str = "demo") -> dict[str, Any]:
+    """A built-in recipe: ``demo`` (used when neither a config file nor ``--data`` is given) or
+    ``sft`` (the defaults of ``dpokit sft``)."""
+    text = resources.files("dpokit").joinpath(f"recipes/{name}.yaml").read_text(encoding="utf-8")
+    return flatten_yaml(yaml.safe_load(text), f"the built-in {name} recipe")
 
 
 def _bool_fields() -> set[str]:
@@ -336,7 +577,7 @@ def parse_cli(argv: list[str]) -> tuple[list[str], dict[str, Any], set[str]]:
             continue
         key = resolve_key(name, "command line")
         if not eq:
-            if key in bools and (i >= len(argv) or argv[i].startswith("--")):
+            if (key in bools or key.startswith(("recipe.", "unused."))) and (i >= len(argv) or argv[i].startswith("--")):
                 value = "true"
             elif i >= len(argv):
                 raise ConfigError(f"--{name} needs a value")
@@ -385,19 +626,23 @@ def build_config(flat: dict[str, Any]) -> Config:
     return Config(**{s: parts[s] for s in SECTIONS})
 
 
-def resolve(argv: list[str]) -> tuple[Config, set[str], dict[str, Any]]:
-    """Build the config for ``dpokit train`` from argv; returns (config, switches, flat layers)."""
+def resolve(argv: list[str], command: str = "train") -> tuple[Config, set[str], dict[str, Any]]:
+    """Build the config for ``dpokit train`` (or ``dpokit sft``, whose recipe is the first layer)
+    from argv; returns (config, switches, flat layers)."""
     positional, cli, switches = parse_cli(argv)
-    flat: dict[str, Any] = {}
-    if not positional and "data.path" not in cli:
-        flat.update(demo_recipe())
+    flat: dict[str, Any] = demo_recipe("sft") if command == "sft" else {}
+    if not positional and "data.path" not in cli and "data.mixture" not in cli:
+        if command == "train":
+            flat.update(demo_recipe())
         flat["_demo"] = True
     for path in positional:
         flat.update(load_yaml(path))
-    flat.update({k: _cli_value(v) if isinstance(v, str) else v for k, v in cli.items()})
+    flat.update(_convert_recipe_keys({k: _cli_value(v) if isinstance(v, str) else v for k, v in cli.items()},
+                                     "the command line"))
     demo = flat.pop("_demo", False)
+    flat, unused = unused_keys(flat)
     config = build_config(flat)
-    return config, switches, {"demo": demo}
+    return config, switches, {"demo": demo, "unused": unused}
 
 
 # ---- help text from the field docstrings --------------------------------------------------------
@@ -414,10 +659,10 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def help_text() -> str:
+def help_text(command: str = "train") -> str:
     short = {v: k for k, v in ALIASES.items() if "_" not in k or k in ("batch_size", "grad_accum", "eval_data")}
     lines = [
-        "usage: dpokit train [CONFIG.yaml] [--KEY VALUE ...] [--print-config]",
+        f"usage: dpokit {command} [CONFIG.yaml] [--KEY VALUE ...] [--print-config]",
         "",
         "With no config file and no --data, runs the built-in demo (sample pairs, tiny model).",
         "Keys: --section.field, or a field name alone when unique, or a short flag; '-' or '_' alike.",

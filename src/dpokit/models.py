@@ -15,7 +15,7 @@ from dpokit.config import ModelConfig
 from dpokit.errors import ConfigError
 
 TINY = "tiny"
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -154,12 +154,13 @@ def build_tiny_tokenizer(vocab_size: int = 1024) -> Any:
 def build_tiny_model(path: Path, warmup_steps: int = 300, seed: int = 0) -> None:
     """Build the tiny Llama and warm it up with a short supervised pass on sample text.
 
-    The warm-up trains on chosen *and* rejected answers alike, so the model writes words but has
-    no preference between the two kinds yet: that is what DPO then teaches it.
+    The warm-up text (``samples.warmup_texts``) mixes good and bad answer templates with topics
+    drawn at random, so the model writes words but has no preference between the chosen and
+    rejected answers of a sample pair yet: that is what DPO then teaches it.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from dpokit.data.samples import sample_pairs
+    from dpokit.data.samples import warmup_texts
 
     torch.manual_seed(seed)
     tokenizer = build_tiny_tokenizer()
@@ -170,9 +171,7 @@ def build_tiny_model(path: Path, warmup_steps: int = 300, seed: int = 0) -> None
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
-    texts = []
-    for row in sample_pairs(400, seed=12345):
-        texts += [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
+    texts = warmup_texts(2000, seed=12345)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     model.train()

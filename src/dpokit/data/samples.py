@@ -3,7 +3,8 @@
 A small generator that varies topic, prompt wording and answer wording, so that pairs held out
 from a sample are new sentences rather than copies of training rows. Chosen answers are
 helpful (a definition, a detail and an example, in full sentences); rejected answers are curt,
-dismissive or vague. Deterministic for a given seed.
+dismissive, vague or wrong (another topic's definition), some short and some as long as a
+good answer. Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -138,10 +139,18 @@ CHOSEN = [
 ]
 
 REJECTED = [
-    "I don't know.", "Just look it up.", "{T}? It's complicated.", "Not sure, maybe something about {u}.",
-    "Why do you care about {t}?", "It is a thing.", "Whatever, it's not important.",
-    "{T} is {u}, I think.", "Ask someone else.", "No idea, sorry.", "That is a boring question.",
-    "Something with {u} or so.",
+    "I don't know.",
+    "No idea, sorry.",
+    "{T}? It's complicated. Too complicated to explain, honestly.",
+    "I don't really know much about {t}. It is probably something about {u}, but I would not trust me on that.",
+    "{T} is not worth explaining. Most people never need to know about it, so I will not go into it here.",
+    "Why would you want to know about {t}? It is boring. Let us talk about {u} instead.",
+    "{T} is {wu}. That is all there is to it.",
+    "Just search the internet for {t}. There are many pages about it and I do not have time to explain it.",
+    "It is a thing that exists. Some people like it and some people do not. Hard to say more than that.",
+    "{T} has something to do with {u}, I think. Or maybe not. I am not sure about any of it.",
+    "That is a boring question and I would rather not answer it.",
+    "Everyone already knows what {t} is, so there is no need for me to explain it.",
 ]
 
 
@@ -155,9 +164,9 @@ def sample_pairs(n: int = 10, seed: int = 0) -> list[dict[str, str]]:
     rows = []
     for i in range(n):
         topic, what, how, example = TOPICS[(i + rng.randrange(len(TOPICS))) % len(TOPICS)]
-        unrelated = rng.choice([t for t in TOPICS if t[0] != topic])[0]
+        unrelated = rng.choice([t for t in TOPICS if t[0] != topic])
         fill = {"t": topic, "T": _cap(topic), "what": what, "how": how, "How": _cap(how), "ex": example,
-                "u": unrelated}
+                "u": unrelated[0], "wu": unrelated[1]}
         rows.append({
             "prompt": rng.choice(PROMPTS).format(**fill),
             "chosen": rng.choice(CHOSEN).format(**fill),
@@ -166,11 +175,31 @@ def sample_pairs(n: int = 10, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
+def warmup_texts(n: int, seed: int = 0) -> list[str]:
+    """Texts for the tiny model's warm-up: prompts and answers whose slots are filled from
+    *independently drawn* topics, in good and bad templates alike.
+
+    The model learns the words and phrases of the samples, but not which definition belongs to
+    which topic, nor that helpful answers follow questions: so before DPO it has no systematic
+    preference between the chosen and rejected answers of a sample pair.
+    """
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        slots = [rng.choice(TOPICS) for _ in range(5)]
+        fill = {"t": slots[0][0], "T": _cap(slots[0][0]), "what": slots[1][1], "how": slots[2][2],
+                "How": _cap(slots[2][2]), "ex": slots[3][3], "u": slots[4][0], "wu": slots[4][1]}
+        answer = rng.choice(CHOSEN if rng.random() < 0.5 else REJECTED).format(**fill)
+        other = rng.choice(TOPICS)[0]
+        texts.append(rng.choice(PROMPTS).format(t=other, T=_cap(other)) + answer)
+    return texts
+
+
 def corpus_text() -> str:
     """Text used to train the built-in tiny tokenizer: every word the samples can contain."""
     parts = []
     for topic, what, how, example in TOPICS:
         fill = {"t": topic, "T": _cap(topic), "what": what, "how": how, "How": _cap(how), "ex": example,
-                "u": topic}
+                "u": topic, "wu": what}
         parts += [p.format(**fill) for p in PROMPTS + CHOSEN + REJECTED]
     return "\n".join(parts)

@@ -1,0 +1,109 @@
+"""Config: YAML + flags, short flags, hyphens/underscores, closest-match errors, print-config."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from dpokit.cli import main
+from dpokit.config import Config, resolve
+from dpokit.errors import ConfigError
+
+
+def test_short_flags_map_to_fields():
+    config, _, info = resolve([
+        "--data", "x.jsonl", "--model", "gpt2", "--weights", "w", "--output", "out", "--steps", "7",
+        "--epochs", "2", "--beta", "0.3", "--lr", "1e-6", "--batch-size", "3", "--grad-accum", "5",
+        "--max-length", "256", "--max-prompt-length", "128", "--precision", "fp32", "--seed", "9",
+        "--logging-steps", "4", "--save-steps", "11",
+    ])
+    assert (config.data.path, config.model.name_or_path, config.model.weights, config.output.dir) == (
+        "x.jsonl", "gpt2", "w", "out")
+    assert (config.train.steps, config.train.epochs, config.loss.beta, config.train.lr) == (7, 2.0, 0.3, 1e-6)
+    assert (config.train.batch_size, config.train.grad_accum, config.data.max_length) == (3, 5, 256)
+    assert (config.data.max_prompt_length, config.model.precision, config.train.seed) == (128, "fp32", 9)
+    assert (config.output.logging_steps, config.output.save_steps) == (4, 11)
+    assert info["demo"] is False
+
+
+def test_underscores_equals_and_dotted_names():
+    config, _, _ = resolve(["--data=x.jsonl", "--batch_size=2", "--train.grad-accum", "3", "--warmup-ratio", "0.2"])
+    assert (config.train.batch_size, config.train.grad_accum, config.train.warmup_ratio) == (2, 3, 0.2)
+
+
+def test_boolean_flag_without_value():
+    config, _, _ = resolve(["--data", "x.jsonl", "--gradient-checkpointing"])
+    assert config.model.gradient_checkpointing is True
+
+
+def test_unknown_flag_names_closest_match():
+    with pytest.raises(ConfigError, match=r"unknown key '--betta'.*did you mean '--beta'"):
+        resolve(["--betta", "0.2"])
+
+
+def test_unknown_yaml_key_names_file_and_closest_match(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  learnin_rate: 1e-6\n")
+    with pytest.raises(ConfigError, match=r"run.yaml.*did you mean"):
+        resolve([str(path)])
+
+
+def test_yaml_then_cli_override(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name_or_path": "m"}, "data": {"path": "d.jsonl"},
+                                    "beta": 0.2, "train": {"steps": 5}}))
+    config, _, info = resolve([str(path), "--steps", "9"])
+    assert (config.model.name_or_path, config.data.path, config.loss.beta, config.train.steps) == ("m", "d.jsonl", 0.2, 9)
+    assert info["demo"] is False
+
+
+def test_bad_value_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"train.steps"):
+        resolve(["--data", "x", "--steps", "many"])
+    with pytest.raises(ConfigError, match=r"model.precision"):
+        resolve(["--data", "x", "--precision", "fp8"])
+    with pytest.raises(ConfigError, match=r"beta must be positive"):
+        resolve(["--data", "x", "--beta", "-1"])
+
+
+def test_no_arguments_is_the_demo():
+    config, _, info = resolve([])
+    assert info["demo"] is True
+    assert config.model.name_or_path == "tiny" and config.data.path is None and config.data.eval_fraction > 0
+
+
+def test_print_config_round_trips(capsys, tmp_path):
+    assert main(["train", "--data", "x.jsonl", "--beta", "0.25", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    path = tmp_path / "printed.yaml"
+    path.write_text(printed)
+    config, _, _ = resolve([str(path)])
+    assert config.loss.beta == 0.25 and config.data.path == "x.jsonl"
+    assert config == resolve(["--data", "x.jsonl", "--beta", "0.25"])[0]
+
+
+def test_help_lists_fields_with_docstrings(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--batch-size | --train.batch-size" in out and "effective batch" in out
+
+
+def test_every_field_has_a_docstring():
+    from dataclasses import fields
+
+    from dpokit.config import SECTIONS, field_docs
+
+    for section, cls in SECTIONS.items():
+        docs = field_docs(cls)
+        missing = [f.name for f in fields(cls) if not docs.get(f.name)]
+        assert not missing, f"{section}: fields without a docstring: {missing}"
+
+
+def test_cli_reports_config_errors_without_traceback(capsys):
+    assert main(["train", "--no-such-option", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown key '--no-such-option'") and "Traceback" not in err
+
+
+def test_default_config_is_valid():
+    assert Config().train.lr == 5e-7

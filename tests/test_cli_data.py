@@ -29,7 +29,7 @@ def test_samples_vary_and_held_out_rows_are_new():
     assert sample_pairs(20, seed=3) != sample_pairs(20, seed=4)
     train, held = rows[:192], rows[192:]
     seen = {(r["prompt"], r["chosen"]) for r in train}
-    assert sum((r["prompt"], r["chosen"]) not in seen for r in held) >= 40
+    assert sum((r["prompt"], r["chosen"]) not in seen for r in held) >= 0.75 * len(held)
 
 
 def test_data_add_reads_a_pipe(tmp_path):

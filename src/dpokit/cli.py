@@ -1,7 +1,8 @@
 """The ``dpokit`` command.
 
-``dpokit train`` reads its options through ``config.py`` (YAML + flags); the smaller commands
-(``data sample``, ``data add``, ``generate``) use argparse directly.
+``dpokit train`` and ``dpokit data validate | stats | prepare`` read their options through
+``config.py`` (YAML + flags); the smaller commands (``data sample``, ``data add``, ``generate``)
+use argparse directly.
 """
 
 from __future__ import annotations
@@ -12,20 +13,36 @@ from pathlib import Path
 
 from dpokit.errors import DpokitError
 
+SFT_HELP = """Supervised fine-tuning, the stage before DPO. Data (--data): {prompt, completion} rows,
+{messages} conversations (assistant turns are trained), or preference pairs (the chosen answers).
+Prompts are masked. Full fine-tuning, or --lora true / --load-in-4bit true (QLoRA). Then run
+`dpokit train --model sft_checkpoints/final --data PREFERENCES`. Same keys as `dpokit train`.
+"""
 
-def cmd_train(argv: list[str]) -> int:
+
+def cmd_train(argv: list[str], command: str = "train") -> int:
+    """``dpokit train`` (DPO) and ``dpokit sft``: the same config machinery, two loops."""
     from dpokit import config as cfgmod
 
     if any(a in ("-h", "--help") for a in argv):
-        print(cfgmod.help_text())
+        print((SFT_HELP if command == "sft" else "") + cfgmod.help_text(command))
         return 0
-    config, switches, info = cfgmod.resolve(argv)
+    config, switches, info = cfgmod.resolve(argv, command)
     if "print_config" in switches:
         print(config.to_yaml(), end="")
         return 0
+    if info.get("unused"):
+        print(f"warning: dpokit does not use these keys, so they have no effect: {', '.join(info['unused'])}",
+              file=sys.stderr)
     if info["demo"]:
-        print("no --data given: running the built-in demo (sample pairs, tiny model); "
-              "`dpokit train --help` shows every option", flush=True)
+        what = "SFT on the chosen answers of the sample pairs" if command == "sft" else "the built-in demo"
+        print(f"no --data given: running {what} (sample pairs, tiny model); "
+              f"`dpokit {command} --help` shows every option", flush=True)
+    if command == "sft":
+        from dpokit.sft import sft
+
+        sft(config, demo=info["demo"])
+        return 0
     from dpokit.train import train
 
     train(config, demo=info["demo"])
@@ -111,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpokit", description="Align causal LMs with human preferences (DPO).")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train with DPO (see `dpokit train --help`)", add_help=False)
+    sub.add_parser("sft", help="supervised fine-tuning before DPO (see `dpokit sft --help`)", add_help=False)
 
     data = sub.add_parser("data", help="make and check preference data")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -122,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = data_sub.add_parser("add", help="type pairs in (also reads a pipe); 'done' ends")
     add.add_argument("--output", default="my_prefs.jsonl", help="JSONL file to append to")
     add.set_defaults(func=cmd_data_add)
+    for name, text in (("validate", "check every row of a data source; exit 1 on bad rows"),
+                       ("stats", "token lengths, truncation at --max-length, duplicates"),
+                       ("prepare", "normalise (+ tokenize with --model) once into --output-dir")):
+        data_sub.add_parser(name, help=f"{text} (see `dpokit data {name} --help`)", add_help=False)
 
     gen = sub.add_parser("generate", help="generate text with a model")
     gen.add_argument("--model", "--weights", dest="model", default="dpo_checkpoints/final",
@@ -144,8 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv and argv[0] == "train":
-            return cmd_train(argv[1:])
+        if argv and argv[0] in ("train", "sft"):
+            return cmd_train(argv[1:], argv[0])
+        if len(argv) >= 2 and argv[0] == "data" and argv[1] in ("validate", "stats", "prepare"):
+            from dpokit.data.validate import run as run_data_command
+
+            return run_data_command(argv[1], argv[2:])
         args = build_parser().parse_args(argv)
         return args.func(args)
     except DpokitError as e:

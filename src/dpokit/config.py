@@ -153,7 +153,8 @@ class DataConfig:
     sample_size: int = 200
     """How many built-in sample pairs to generate when ``path`` is None."""
     max_samples: int | None = None
-    """Use at most this many training pairs (for smoke runs)."""
+    """Use at most this many training rows (smoke runs): a file or split is read no further, and a
+    held-out ``eval_fraction`` comes out of them."""
     max_length: int = 1024
     """Longest prompt + completion in tokens; longer completions are cut, and a pair whose prompt
     alone reaches it is dropped."""
@@ -330,6 +331,7 @@ ALIASES: dict[str, str] = {
     "model": "model.name_or_path",
     "weights": "model.weights",
     "precision": "model.precision",
+    "dataset": "data.path",  # (before "data", so `--help` shows --data)
     "data": "data.path",
     "eval_data": "data.eval_path",
     "output": "output.dir",
@@ -349,7 +351,6 @@ ALIASES: dict[str, str] = {
     # alignment-handbook / TRL recipe keys (their flat names)
     "model_name_or_path": "model.name_or_path",
     "model_revision": "model.revision",
-    "dataset": "data.path",
     "dataset_name": "data.path",
     "dataset_config": "data.config_name",
     "dataset_config_name": "data.config_name",

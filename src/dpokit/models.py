@@ -13,6 +13,7 @@ from torch import nn
 
 from dpokit.config import ModelConfig
 from dpokit.errors import ConfigError
+from dpokit.lora import adapter_base, apply_lora, keep_4bit_layout, merge_adapter_dir, quantization_config
 
 TINY = "tiny"
 TINY_VERSION = "2"
@@ -75,6 +76,8 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     from dpokit.data.tokenize import prepare_tokenizer
 
     source = _source(cfg)
+    if adapter_base(source) and not (Path(source) / "tokenizer_config.json").is_file():
+        source = adapter_base(source)  # an adapter directory saved without its tokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=cfg.revision if source == cfg.name_or_path else None,
@@ -92,11 +95,19 @@ def _load_hint(source: str, error: Exception) -> str:
 
 
 def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
-    """Load the policy as an fp32 ``AutoModelForCausalLM`` (master weights), dropout off."""
+    """Load the policy as an fp32 ``AutoModelForCausalLM`` (master weights), dropout off.
+
+    With ``load_in_4bit`` the linear weights are 4-bit NF4 (QLoRA). A saved LoRA adapter
+    directory (``adapter_config.json``) is loaded onto its base and merged, so a run that starts
+    from an SFT adapter starts from, and refers to, the SFT model.
+    """
     from transformers import AutoModelForCausalLM
 
     source = _source(cfg)
+    base = adapter_base(source)
     kwargs: dict[str, Any] = {"dtype": torch.float32, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.load_in_4bit:
+        kwargs.update(quantization_config=quantization_config(), device_map={"": device})
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if source == cfg.name_or_path and cfg.revision:
@@ -105,14 +116,45 @@ def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
         raise ConfigError(f"--weights {cfg.weights}: no such directory; pass an earlier run's output, "
                           "for example dpo_checkpoints/final")
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(base or source, **kwargs)
+        if base is not None:
+            model = merge_adapter_dir(model, source)
+            if not cfg.load_in_4bit:
+                model.requires_grad_(True)  # peft froze the base; a full fine-tune trains it all
     except (OSError, ValueError) as e:
-        raise ConfigError(_load_hint(source, e)) from None
+        raise ConfigError(_load_hint(base or source, e)) from None
     disable_dropout(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if cfg.load_in_4bit:
+        keep_4bit_layout(model)
+        return model  # placed by device_map; 4-bit models refuse .to()
     return model.to(device)
+
+
+def load_policy(cfg: ModelConfig, device: torch.device) -> nn.Module:
+    """The policy: `load_model`, wrapped with fresh LoRA adapters when ``cfg.lora`` is set."""
+    model = load_model(cfg, device)
+    return apply_lora(model, cfg) if cfg.lora else model
+
+
+def base_model_warning(cfg: ModelConfig, tokenizer: Any) -> str | None:
+    """A warning when DPO starts from what looks like a base (pretrained-only) model, else None.
+
+    Looks base: no chat template, not written by dpokit (an SFT or earlier DPO output), and no
+    chat / instruct marker in the name. The built-in tiny model is a documented demo: no warning.
+    """
+    if (cfg.name_or_path == TINY and cfg.weights is None) or tokenizer.chat_template:
+        return None
+    source = _source(cfg)
+    if any((Path(source) / up / "dpokit_config.yaml").is_file() for up in (".", "..")):
+        return None
+    if any(marker in source.lower() for marker in ("instruct", "chat", "sft", "-it", "dpo", "rlhf", "tulu")):
+        return None
+    return (f"warning: {source} has no chat template and looks like a base (pretrained-only) model. DPO "
+            "aligns a model that already follows instructions: fine-tune it first with `dpokit sft --model "
+            f"{source} --data SFT_DATA`, then pass `--model sft_checkpoints/final` here.")
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -145,7 +187,7 @@ def build_tiny_tokenizer(vocab_size: int = 1024) -> Any:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus_text().splitlines(), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")

@@ -9,7 +9,21 @@ log-probs, and logits are only computed where a completion token is scored.
 Layouts:
 
 * ``padded``: 2B rows ``[chosen_1..B, rejected_1..B]``, each ``prompt + completion``, padded on
-  the right to one length (the classic layout of the reference implementation and TRL).
+  the right to one length (the classic layout of the reference implementation and TRL). The
+  attention mask is the usual (R, T) padding mask.
+* ``packed`` (padding-free): the same 2B sequences laid end to end, several to a row (first-fit
+  decreasing into rows as long as the longest sequence), position ids restarting at 0 for each.
+  Restarting position ids alone does not keep sequences apart under SDPA or eager attention, so
+  the batch carries an (R, T, T) "may attend" mask, block-diagonal and causal.
+* ``prefix`` (prefix-shared, Wang & Hegde 2024): one block ``[prompt][chosen][rejected]`` per
+  pair, so the prompt is computed once. Rejected tokens cannot see chosen tokens, and their
+  position ids continue from the prompt's end, so each rejected token sees exactly what it
+  would see in its own ``prompt + rejected`` sequence. The first rejected token is predicted by
+  the last prompt position, like the first chosen token. Blocks are packed several to a row
+  like ``packed``.
+
+A block here is the unit laid out contiguously in a row: a whole sequence (``padded``,
+``packed``) or a prefix-shared pair (``prefix``).
 """
 
 from __future__ import annotations
@@ -20,7 +34,10 @@ import torch
 
 from dpokit.data.pairs import TokenizedPair
 
-LAYOUTS = ("padded",)
+LAYOUTS = ("padded", "packed", "prefix")
+
+# Branch of each token inside a block: rejected tokens may not attend to chosen tokens.
+PROMPT, CHOSEN, REJECTED = 0, 1, 2
 
 
 @dataclass
@@ -35,6 +52,7 @@ class PreferenceBatch:
     seq_index: torch.Tensor  # (N,) in [0, 2B): chosen i -> i, rejected i -> B + i
     num_pairs: int
     num_tokens: int  # real (non-pad) tokens fed to the model, for tokens/s
+    layout: str = "padded"
 
     def to(self, device: torch.device | str) -> PreferenceBatch:
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -49,46 +67,144 @@ class PreferenceBatch:
         return torch.bincount(self.seq_index, minlength=2 * self.num_pairs)
 
 
-def _score_span(row: int, width: int, start: int, ids: list[int], seq: int, out: list[list[int]]) -> None:
-    """Record completion ``ids`` placed at positions ``start..``: position p is predicted by p - 1."""
-    for j, token in enumerate(ids):
-        pos = start + j
-        if pos == 0:  # the very first token of a row has no prediction
-            continue
-        out[0].append(row * width + pos - 1)
-        out[1].append(token)
-        out[2].append(seq)
+@dataclass
+class Block:
+    """Tokens laid out contiguously in one row, and which of them are scored.
+
+    ``spans`` lists the scored completions as ``(start, length, first_pred, seq)``: tokens
+    ``ids[start:start + length]`` belong to sequence ``seq``; the token at ``start`` is predicted
+    by the logits at ``first_pred`` (-1: nothing predicts it, the block starts with it), every
+    later one by the position just before it. All positions are local to the block.
+    """
+
+    ids: list[int]
+    positions: torch.Tensor  # (L,) position ids
+    branch: torch.Tensor  # (L,) PROMPT / CHOSEN / REJECTED
+    spans: list[tuple[int, int, int, int]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def sequence_block(prompt: list[int], completion: list[int], seq: int) -> Block:
+    """``prompt + completion`` as one sequence (``padded`` and ``packed`` layouts)."""
+    p, c = len(prompt), len(completion)
+    return Block(prompt + completion, torch.arange(p + c), torch.zeros(p + c, dtype=torch.int8),
+                 [(p, c, p - 1, seq)])
+
+
+def prefix_block(pair: TokenizedPair, chosen_seq: int, rejected_seq: int) -> Block:
+    """``[prompt][chosen][rejected]`` with rejected positions continuing from the prompt's end."""
+    p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+    positions = torch.cat([torch.arange(p + c), torch.arange(p, p + r)])  # (p + c + r,)
+    branch = torch.tensor([PROMPT] * p + [CHOSEN] * c + [REJECTED] * r, dtype=torch.int8)
+    # Both completions are predicted first by the last prompt position (p - 1).
+    spans = [(p, c, p - 1, chosen_seq), (p + c, r, p - 1, rejected_seq)]
+    return Block(pair.prompt_ids + pair.chosen_ids + pair.rejected_ids, positions, branch, spans)
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: indices of ``lengths`` grouped into rows holding at most ``capacity``."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
+
+
+def lay_out(blocks: list[Block], rows: list[list[int]], num_pairs: int, pad_id: int, layout: str,
+            block_mask: bool) -> PreferenceBatch:
+    """Place ``blocks`` into ``rows`` (lists of block indices), right-padded to one width.
+
+    ``block_mask``: build the (R, T, T) mask (several blocks per row, or prefix blocks); else the
+    plain (R, T) padding mask (one sequence per row).
+    """
+    width = max(sum(len(blocks[i]) for i in row) for row in rows)
+    n_rows = len(rows)
+    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)  # (R, T)
+    position_ids = torch.arange(width).repeat(n_rows, 1)  # (R, T); pads keep 0.. (their own "sequence")
+    segment = torch.full((n_rows, width), -1, dtype=torch.long)  # (R, T) block number in the row, -1 pad
+    branch = torch.zeros((n_rows, width), dtype=torch.int8)  # (R, T)
+    logit_index, target_ids, seq_index = [], [], []
+    for r, row in enumerate(rows):
+        offset = 0
+        for k, i in enumerate(row):
+            block = blocks[i]
+            end = offset + len(block)
+            input_ids[r, offset:end] = torch.tensor(block.ids)
+            position_ids[r, offset:end] = block.positions
+            segment[r, offset:end] = k
+            branch[r, offset:end] = block.branch
+            for start, length, first_pred, seq in block.spans:
+                if length == 0:
+                    continue
+                preds = torch.arange(start - 1, start + length - 1)  # (length,) local predicting positions
+                preds[0] = first_pred
+                keep = preds >= 0  # a block's very first token has no prediction
+                logit_index.append(r * width + offset + preds[keep])
+                target_ids.append(torch.tensor(block.ids[start : start + length])[keep])
+                seq_index.append(torch.full((int(keep.sum()),), seq))
+            offset = end
+        if offset < width:  # padding positions count 0, 1, ... like a sequence of their own
+            position_ids[r, offset:] = torch.arange(width - offset)
+    if block_mask:
+        causal = torch.ones(width, width, dtype=torch.bool).tril()  # (T, T)
+        same_block = segment[:, :, None] == segment[:, None, :]  # (R, T, T); pads see pads (never NaN)
+        rejected_sees_chosen = (branch[:, :, None] == REJECTED) & (branch[:, None, :] == CHOSEN)  # (R, T, T)
+        attention_mask = causal & same_block & ~rejected_sees_chosen  # (R, T, T)
+    else:
+        attention_mask = (segment >= 0).long()  # (R, T)
+    return PreferenceBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logit_index=torch.cat(logit_index),
+        target_ids=torch.cat(target_ids),
+        seq_index=torch.cat(seq_index),
+        num_pairs=num_pairs,
+        num_tokens=int((segment >= 0).sum()),
+        layout=layout,
+    )
 
 
 def collate_padded(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
     """Lay out B pairs as 2B right-padded rows: chosen rows first, then rejected rows."""
     b = len(pairs)
-    rows = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((2 * b, width), pad_id, dtype=torch.long)  # (2B, T)
-    attention_mask = torch.zeros((2 * b, width), dtype=torch.long)  # (2B, T)
-    scored: list[list[int]] = [[], [], []]
-    for r, row in enumerate(rows):
-        input_ids[r, : len(row)] = torch.tensor(row)
-        attention_mask[r, : len(row)] = 1
-        pair = pairs[r % b]
-        completion = pair.chosen_ids if r < b else pair.rejected_ids
-        _score_span(r, width, len(pair.prompt_ids), completion, r, scored)
-    position_ids = torch.arange(width).expand(2 * b, width).clone()  # (2B, T)
-    return PreferenceBatch(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        logit_index=torch.tensor(scored[0], dtype=torch.long),
-        target_ids=torch.tensor(scored[1], dtype=torch.long),
-        seq_index=torch.tensor(scored[2], dtype=torch.long),
-        num_pairs=b,
-        num_tokens=int(attention_mask.sum()),
-    )
+    blocks = [sequence_block(p.prompt_ids, p.chosen_ids, i) for i, p in enumerate(pairs)]
+    blocks += [sequence_block(p.prompt_ids, p.rejected_ids, b + i) for i, p in enumerate(pairs)]
+    return lay_out(blocks, [[i] for i in range(2 * b)], b, pad_id, "padded", block_mask=False)
+
+
+def collate_packed(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
+    """Lay out the 2B sequences end to end, several to a row, with a block-diagonal causal mask."""
+    b = len(pairs)
+    blocks = [sequence_block(p.prompt_ids, p.chosen_ids, i) for i, p in enumerate(pairs)]
+    blocks += [sequence_block(p.prompt_ids, p.rejected_ids, b + i) for i, p in enumerate(pairs)]
+    lengths = [len(x) for x in blocks]
+    return lay_out(blocks, pack_rows(lengths, max(lengths)), b, pad_id, "packed", block_mask=True)
+
+
+def collate_prefix(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
+    """One ``[prompt][chosen][rejected]`` block per pair (prompt computed once), packed into rows."""
+    b = len(pairs)
+    blocks = [prefix_block(p, i, b + i) for i, p in enumerate(pairs)]
+    lengths = [len(x) for x in blocks]
+    return lay_out(blocks, pack_rows(lengths, max(lengths)), b, pad_id, "prefix", block_mask=True)
 
 
 def collate(pairs: list[TokenizedPair], layout: str, pad_id: int) -> PreferenceBatch:
     """Lay out ``pairs`` in ``layout`` (one of `LAYOUTS`)."""
     if layout == "padded":
         return collate_padded(pairs, pad_id)
+    if layout == "packed":
+        return collate_packed(pairs, pad_id)
+    if layout == "prefix":
+        return collate_prefix(pairs, pad_id)
     raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")

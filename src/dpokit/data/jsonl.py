@@ -1,7 +1,9 @@
-"""Reading local JSON Lines files line by line, with errors that name the file and line.
+"""Reading local JSON Lines / JSON files line by line, with problems that name the file and line.
 
-The `datasets` JSON loader hides line numbers and accepts wrong types silently, so local
-JSON/JSONL is read here, one line at a time, before any row is handed on.
+The `datasets` JSON loader hides line numbers and accepts wrong types silently (ANCHORS.md), so
+local JSON is read here: each line is decoded and parsed on its own, so one bad line is one
+located problem (an error, or a skipped row under ``on_bad_row: skip``) rather than a failed
+file. A ``.json`` file may also hold one JSON array of objects. ``.gz`` files are read as well.
 """
 
 from __future__ import annotations
@@ -12,99 +14,170 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dpokit.errors import DataError
+from dpokit.data.formats import RowProblem
 from dpokit.data.pairs import PreferencePair
+from dpokit.data.report import RawRow, collect_pairs
+from dpokit.errors import DataError
 
 SAMPLE_HINT = "create sample pairs with `dpokit data sample --output preference_data.jsonl`"
+ROW_HINT = 'each line must be one JSON object, e.g. {"prompt": "...", "chosen": "...", "rejected": "..."}'
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, row)`` for each non-blank line; line numbers count from 1."""
-    path = Path(path)
+def check_file(path: Path, what: str = "a data file") -> None:
     if not path.exists():
         raise DataError(f"preference data not found at {path}", hint=SAMPLE_HINT, reason="missing file")
     if path.is_dir():
-        raise DataError(f"{path} is a directory, not a JSONL file", hint="pass the path of a .jsonl file")
+        raise DataError(f"{path} is a directory, not {what}", hint="pass the path of a .jsonl file",
+                        reason="not a file")
+
+
+def _not_rows(path: Path, line: int | None, got: str, hint: str = ROW_HINT) -> DataError:
+    return DataError(f"expected a JSON object, got {got}: the file is not rows of JSON objects", path=str(path),
+                     line=line, reason="not rows of objects", hint=hint)
+
+
+def iter_json_rows(path: str | Path) -> Iterator[RawRow]:
+    """Yield ``(line, None, row or RowProblem)`` for each row of a JSON Lines or JSON-array file.
+
+    Problems of single lines (invalid JSON, undecodable bytes, a non-object) are yielded as
+    `RowProblem` so the caller's policy decides; problems of the whole file (missing, empty, not
+    rows of objects) raise `DataError`.
+    """
+    path = Path(path)
+    check_file(path)
+    with _open_binary(path) as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+    if head.startswith(b"["):
+        yield from _iter_array(path)
+        return
     seen = 0
-    try:
-        with _open_text(path) as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(
-                        f"invalid JSON ({e.msg} at character {e.colno})",
-                        path=str(path), line=number, reason="invalid JSON",
-                        hint='each line must be one JSON object, e.g. {"prompt": "...", "chosen": "...", "rejected": "..."}',
-                    ) from None
-                if not isinstance(row, dict):
-                    raise DataError(
-                        f"expected a JSON object, got {type(row).__name__}",
-                        path=str(path), line=number, reason="not an object",
-                        hint="each line must be one JSON object with prompt, chosen and rejected keys",
-                    )
+    with _open_binary(path) as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1:
+                raw = raw.lstrip(b"\xef\xbb\xbf")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
                 seen += 1
-                yield number, row
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"the file is not valid UTF-8 (byte {e.start} of a line cannot be decoded)",
-            path=str(path), reason="undecodable bytes", hint="save the file as UTF-8",
-        ) from None
+                yield number, None, RowProblem(
+                    "undecodable bytes", f"the line is not valid UTF-8 (byte {e.start} of the line cannot be "
+                    f"decoded: {raw[e.start:e.start + 4]!r})", hint="save the file as UTF-8")
+                continue
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                if seen == 0:
+                    _check_single_object(path)
+                seen += 1
+                yield number, None, RowProblem("invalid JSON", f"invalid JSON ({e.msg} at character {e.colno})",
+                                               hint=ROW_HINT)
+                continue
+            if not isinstance(row, dict):
+                if seen == 0:
+                    raise _not_rows(path, number, f"a JSON {_json_type(row)}")
+                seen += 1
+                yield number, None, RowProblem("not an object", f"expected a JSON object, got a JSON {_json_type(row)}",
+                                               hint=ROW_HINT)
+                continue
+            seen += 1
+            yield number, None, row
     if seen == 0:
         raise DataError("the file is empty: no rows", path=str(path), reason="empty file", hint=SAMPLE_HINT)
 
 
-def _check_text(row: dict[str, Any], key: str, path: str, line: int) -> Any:
-    if key not in row:
-        raise DataError(
-            f"missing key '{key}' (the row has: {', '.join(sorted(row)) or 'no keys'})",
-            path=path, line=line, column=key, reason="missing column",
-            hint="each row needs prompt, chosen and rejected",
-        )
-    value = row[key]
-    if isinstance(value, list):
-        for i, message in enumerate(value):
-            if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                    and isinstance(message.get("content"), str)):
-                raise DataError(
-                    f"message {i} is not a {{\"role\": str, \"content\": str}} object",
-                    path=path, line=line, column=key, reason="wrong type",
-                    hint="use a string, or a list of chat messages with role and content",
-                )
-        return value
-    if not isinstance(value, str):
-        raise DataError(
-            f"expected a string, got {type(value).__name__} ({json.dumps(value)[:40]})",
-            path=path, line=line, column=key, reason="wrong type",
-            hint="put the text in quotes",
-        )
-    return value
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
 
 
-def read_preference_jsonl(path: str | Path) -> list[PreferencePair]:
-    """Read ``{prompt, chosen, rejected}`` rows (strings or chat message lists), checking each line."""
-    pairs = []
-    for line, row in iter_jsonl(path):
-        fields = [_check_text(row, key, str(path), line) for key in ("prompt", "chosen", "rejected")]
-        for key, value in zip(("chosen", "rejected"), fields[1:]):
-            if (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
-                raise DataError(f"'{key}' is empty", path=str(path), line=line, column=key,
-                                reason="empty field", hint=f"give a non-empty {key} response or remove the row")
-        if fields[1] == fields[2]:
-            raise DataError("chosen and rejected are identical: the pair carries no preference",
-                            path=str(path), line=line, column="chosen", reason="chosen == rejected",
-                            hint="remove the row or fix one of the responses")
-        system = row.get("system")
-        pairs.append(PreferencePair(*fields, system=system if isinstance(system, str) else None,
-                                    source=f"{path}:{line}"))
+def _read_text(path: Path) -> str:
+    with _open_binary(path) as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError("the file is not valid UTF-8", path=str(path), line=line, reason="undecodable bytes",
+                        hint="save the file as UTF-8") from None
+
+
+def _check_single_object(path: Path) -> None:
+    """A pretty-printed JSON object spread over lines is one object, not rows: say so."""
+    try:
+        whole = json.loads(_read_text(path))
+    except (json.JSONDecodeError, DataError):
+        return
+    if isinstance(whole, dict):
+        inner = [k for k, v in whole.items() if isinstance(v, list) and v and isinstance(v[0], dict)]
+        hint = (f"the rows seem to be under '{inner[0]}': write them one JSON object per line (JSON Lines), "
+                "or as a top-level JSON array" if inner else ROW_HINT)
+        raise _not_rows(path, None, "one JSON object holding the whole file", hint)
+
+
+def _iter_array(path: Path) -> Iterator[RawRow]:
+    """Rows of a file holding one JSON array of objects; each row's line is where it starts."""
+    text = _read_text(path)
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    line, counted, seen = 1, 0, 0
+
+    def skip(p: int) -> int:
+        while p < len(text) and text[p] in " \t\r\n":
+            p += 1
+        return p
+
+    pos = skip(pos)
+    while pos < len(text) and text[pos] != "]":
+        line += text.count("\n", counted, pos)
+        counted = pos
+        try:
+            row, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON ({e.msg})", path=str(path), line=e.lineno, reason="invalid JSON",
+                            hint="fix the JSON array, or write one JSON object per line (JSON Lines)") from None
+        if not isinstance(row, dict):
+            if seen == 0:
+                raise _not_rows(path, line, f"a JSON {_json_type(row)}")
+            yield line, None, RowProblem("not an object", f"expected a JSON object, got a JSON {_json_type(row)}",
+                                         hint="make each item of the array an object with prompt / chosen / rejected")
+        else:
+            yield line, None, row
+        seen += 1
+        pos = skip(end)
+        if pos < len(text) and text[pos] == ",":
+            pos = skip(pos + 1)
+        elif pos < len(text) and text[pos] != "]":
+            line += text.count("\n", counted, pos)
+            raise DataError("invalid JSON (expected ',' or ']' between array items)", path=str(path),
+                            line=line, reason="invalid JSON", hint="fix the JSON array")
+    if pos >= len(text):
+        raise DataError("invalid JSON (the array is never closed with ']')", path=str(path),
+                        line=text.count("\n") + 1, reason="invalid JSON", hint="fix the JSON array")
+    if seen == 0:
+        raise DataError("the file is empty: an empty JSON array", path=str(path), reason="empty file",
+                        hint=SAMPLE_HINT)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, row)`` for each row; the first bad line raises `DataError`."""
+    for line, _, row in iter_json_rows(path):
+        if isinstance(row, RowProblem):
+            raise DataError(row.message, path=str(path), line=line, column=row.column, hint=row.hint,
+                            reason=row.reason)
+        yield line, row  # type: ignore[misc]
+
+
+def read_preference_jsonl(path: str | Path, fmt: str = "auto") -> list[PreferencePair]:
+    """Pairs from a local JSON Lines / JSON file in any format (``data/formats.py``); the first bad row
+    raises `DataError` naming the file, line, column and the fix."""
+    pairs, report = collect_pairs(iter_json_rows(path), str(path), fmt)
+    report.raise_errors("error", str(path))
     return pairs
 
 

@@ -1,17 +1,17 @@
 """The two shapes every preference pair takes inside dpokit.
 
-Every input format is turned into a `PreferencePair` once, at the edge (``data/jsonl.py`` and the
-format readers); tokenization turns it into a `TokenizedPair`; the collator lays tokenized pairs
+Every input format is turned into a `PreferencePair` once, at the edge (``data/formats.py``, fed
+by the readers in ``data/jsonl.py`` and ``data/sources.py``); tokenization turns it into a `TokenizedPair`; the collator lays tokenized pairs
 out as batches. Nothing past the edge knows where a pair came from.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 Message = dict[str, Any]  # {"role": "user" | "assistant" | "system", "content": str}
-Text = Union[str, list[Message]]
+Text = str | list[Message]
 
 
 @dataclass
@@ -30,6 +30,9 @@ class PreferencePair:
     rejected: Text
     system: str | None = None
     source: str = ""
+    as_chat: PreferencePair | None = None
+    """The same pair as chat messages, for text that is really a dialogue (HH-RLHF's implicit
+    prompt): tokenization uses it when the tokenizer has a chat template, the text otherwise."""
 
     @property
     def conversational(self) -> bool:
@@ -39,7 +42,16 @@ class PreferencePair:
         row: dict[str, Any] = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
         if self.system is not None:
             row["system"] = self.system
+        if self.as_chat is not None:
+            row["as_chat"] = self.as_chat.to_dict()
         return row
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any], source: str = "") -> PreferencePair:
+        """Inverse of `to_dict` (for pairs dpokit wrote itself; no checks)."""
+        chat = row.get("as_chat")
+        return cls(row["prompt"], row["chosen"], row["rejected"], row.get("system"), source,
+                   cls.from_dict(chat) if chat is not None else None)
 
 
 @dataclass

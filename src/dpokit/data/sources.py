@@ -1,33 +1,340 @@
-"""Where training and evaluation pairs come from, normalised to `PreferencePair`."""
+"""Where training and evaluation pairs come from, normalised to `PreferencePair`.
+
+A source is named by one string (``data.path``), read in this order:
+
+1. an existing local path: a ``.jsonl`` / ``.json`` (optionally ``.gz``) file, read and checked
+   line by line by dpokit (``data/jsonl.py``); a ``.parquet`` or ``.csv`` file (read with
+   pyarrow); a directory written by ``dpokit data prepare``; a directory saved by `datasets`
+   (``save_to_disk``); any other directory, loaded with ``datasets.load_dataset(dir, ...)`` like
+   a hub repository;
+2. a preset name (``ultrafeedback``, ``hh-rlhf``, ``orca``: ``data/presets.py``);
+3. a hub id (``owner/name``), loaded with ``datasets.load_dataset(id, config_name, split=split)``.
+
+Each row goes through format detection and normalisation (``data/formats.py``); problems are
+collected in a `LoadReport` and handled by one policy (``data/report.py``). `load_train_eval`
+is the single entry point of training, and raises `DataError` before any model is loaded.
+"""
 
 from __future__ import annotations
 
+import json
 import random
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 from dpokit.config import DataConfig
-from dpokit.data.jsonl import read_preference_jsonl
+from dpokit.data.formats import RowProblem, _missing, apply_columns
+from dpokit.data.jsonl import SAMPLE_HINT, iter_json_rows
+from dpokit.data.mixture import hold_out, parse_mixture, take_fraction
 from dpokit.data.pairs import PreferencePair
+from dpokit.data.presets import find_preset
+from dpokit.data.report import LoadReport, RawRow, collect_pairs
 from dpokit.data.samples import sample_pairs
+from dpokit.errors import DataError
+
+PREPARED_MARKER = "dpokit_prepared.json"
+JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson")
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+SPLIT_KINDS = ("hub", "saved")  # sources that have named splits
+
+
+@dataclass
+class SourceSpec:
+    """One data source, resolved: what it is, where, and how its rows are read."""
+
+    name: str  # as the user wrote it
+    kind: str  # "json" | "parquet" | "csv" | "prepared" | "saved" | "hub" | "sample"
+    location: str  # file / directory / hub id
+    split: str | None = None
+    config_name: str | None = None
+    data_dir: str | None = None
+    format: str = "auto"
+    columns: dict[str, str] | list[str] | None = None
+
+    @property
+    def label(self) -> str:
+        if self.kind in ("json", "parquet", "csv", "prepared"):
+            return self.location
+        extra = f", config {self.config_name}" if self.config_name else ""
+        return f"{self.location} [{self.split or 'train'}{extra}]"
+
+
+def resolve_source(name: str, split: str | None = None, config_name: str | None = None,
+                   data_dir: str | None = None, fmt: str = "auto",
+                   columns: dict[str, str] | list[str] | None = None) -> SourceSpec:
+    """Work out what ``name`` is (see the module docstring) and fill in preset defaults."""
+    spec = SourceSpec(name, "", name, split, config_name, data_dir, fmt, columns)
+    path = Path(name).expanduser()
+    if path.is_file():
+        lower = path.name.lower()
+        if lower.endswith(JSON_SUFFIXES):
+            return replace(spec, kind="json", location=str(path))
+        if lower.endswith(".parquet"):
+            return replace(spec, kind="parquet", location=str(path))
+        if lower.endswith((".csv", ".csv.gz", ".tsv")):
+            return replace(spec, kind="csv", location=str(path))
+        raise DataError(f"{path}: unknown data file type", reason="unknown file type",
+                        hint="use a .jsonl, .json, .parquet or .csv file (optionally .gz for JSON)")
+    if path.is_dir():
+        if (path / PREPARED_MARKER).is_file():
+            return replace(spec, kind="prepared", location=str(path), format="prepared")
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file() \
+                or (path / "state.json").is_file():
+            return replace(spec, kind="saved", location=str(path))
+        return replace(spec, kind="hub", location=str(path))
+    preset = find_preset(name)
+    if preset is not None:
+        return replace(spec, kind="hub", location=preset.hub_id, split=split or preset.split,
+                       format=preset.format if fmt == "auto" else fmt)
+    looks_local = name.startswith((".", "/", "~")) or name.lower().endswith(
+        JSON_SUFFIXES + (".parquet", ".csv", ".gz"))
+    if HUB_ID.match(name) and not looks_local:
+        return replace(spec, kind="hub")
+    raise DataError(f"preference data not found at {name}", reason="missing file",
+                    hint=f"pass an existing file or directory, a hub id (owner/name), or a preset "
+                    f"(ultrafeedback, hh-rlhf, orca); or {SAMPLE_HINT}")
+
+
+# ---- reading rows ---------------------------------------------------------------------------
+
+
+def _table_rows(batches: Iterator[list[dict[str, Any]]]) -> Iterator[RawRow]:
+    index = 0
+    for batch in batches:
+        for row in batch:
+            yield None, index, row
+            index += 1
+
+
+def _check_columns(spec: SourceSpec, table: Any) -> None:
+    """A table (Parquet, CSV, hub split) without the needed columns fails as a whole, at once.
+    A column that is null in every row counts as missing (`datasets` gives every split of a
+    repository the same columns, so an SFT split shows chosen / rejected full of nulls)."""
+    rows = table.num_rows
+    if rows == 0:
+        raise DataError("the data set has no rows", path=spec.label, reason="empty file",
+                        hint="check the split name, or the file")
+    probe = {n: None for n in table.column_names if table.column(n).null_count < rows}
+    try:
+        mapped = apply_columns(probe, spec.columns)
+    except RowProblem as p:
+        raise DataError(p.message, path=spec.label, column=p.column, hint=p.hint, reason=p.reason) from None
+    needed = ["chosen", "rejected"] + {"plain": ["prompt"], "orca": ["question"]}.get(spec.format, [])
+    for key in needed:
+        if key not in mapped:
+            p = _missing(mapped, key)
+            hint = p.hint
+            if (spec.split or "").endswith("_sft"):
+                hint = (f"split '{spec.split}' holds SFT data (no chosen/rejected pairs); use a preference split "
+                        f"such as '{spec.split[:-4]}_prefs'")
+            raise DataError(p.message.replace("(the row has", "(its columns are"), path=spec.label, column=key,
+                            hint=hint, reason="missing column")
+
+
+def _arrow_batches(table: Any) -> Iterator[list[dict[str, Any]]]:
+    for batch in table.to_batches(max_chunksize=1000):
+        yield batch.to_pylist()
+
+
+def _read_table_file(spec: SourceSpec) -> Any:
+    import pyarrow as pa
+
+    try:
+        if spec.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(spec.location)
+        import pyarrow.csv as pcsv
+
+        parse = pcsv.ParseOptions(delimiter="\t" if spec.location.endswith(".tsv") else ",", newlines_in_values=True)
+        return pcsv.read_csv(spec.location, parse_options=parse)
+    except (pa.ArrowInvalid, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        empty = "empty" in first.lower()
+        raise DataError(f"cannot read it as {spec.kind.upper()}: {first}", path=spec.location,
+                        reason="empty file" if empty else "unreadable file",
+                        hint="check that the file is complete and of the type its name says") from None
+
+
+def _load_datasets(spec: SourceSpec) -> Any:
+    """A `datasets.Dataset` for a saved directory, a local dataset directory or a hub id."""
+    import datasets
+
+    split = spec.split or "train"
+    try:
+        if spec.kind == "saved":
+            loaded = datasets.load_from_disk(spec.location)
+            if isinstance(loaded, datasets.DatasetDict):
+                if split not in loaded:
+                    raise DataError(f"no split '{split}' (it has: {', '.join(loaded)})", path=spec.location,
+                                    reason="unknown split", hint=f"pick a split with --split, e.g. {next(iter(loaded))}")
+                loaded = loaded[split]
+            return loaded
+        return datasets.load_dataset(spec.location, spec.config_name, split=split, data_dir=spec.data_dir)
+    except DataError:
+        raise
+    except Exception as e:  # the library's many error types all become one clear message
+        text = str(e).strip()
+        first = text.splitlines()[0] if text else type(e).__name__
+        if "split" in text.lower() and ("unknown" in text.lower() or "should be one of" in text.lower()):
+            hint = "pick one of the splits the error lists with --split (preference splits: e.g. train_prefs)"
+            reason = "unknown split"
+        elif "config" in text.lower() and ("name" in text.lower() or "not found" in text.lower()):
+            hint = "pick a config name with --config-name (the error lists them)"
+            reason = "unknown config"
+        else:
+            hint = ("check the id and your network (hub data needs it; HF_HUB_OFFLINE=1 allows only cached data), "
+                    "or pass a local file")
+            reason = "cannot load"
+        raise DataError(f"cannot load the data set: {first}", path=spec.label, reason=reason, hint=hint) from None
+
+
+def iter_rows(spec: SourceSpec) -> Iterator[RawRow]:
+    """The raw rows of a source (file-level problems raise `DataError` here)."""
+    if spec.kind == "json":
+        yield from iter_json_rows(spec.location)
+        return
+    if spec.kind in ("parquet", "csv"):
+        table = _read_table_file(spec)
+        _check_columns(spec, table)
+        yield from _table_rows(_arrow_batches(table))
+        return
+    dataset = _load_datasets(spec)
+    _check_columns(spec, dataset.data)
+    yield from _table_rows(_dataset_batches(dataset))
+
+
+def _dataset_batches(dataset: Any) -> Iterator[list[dict[str, Any]]]:
+    for batch in dataset.iter(batch_size=1000):
+        keys = list(batch)
+        n = len(batch[keys[0]]) if keys else 0
+        yield [{k: batch[k][i] for k in keys} for i in range(n)]
+
+
+def read_prepared(directory: str | Path, part: str) -> list[PreferencePair]:
+    """Normalised pairs written by ``dpokit data prepare`` (``train`` or ``eval``)."""
+    path = Path(directory) / f"{part}.jsonl"
+    if not path.is_file():
+        return []
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                pairs.append(PreferencePair.from_dict(json.loads(line), source=f"{path}:{number}"))
+    return pairs
+
+
+def read_source(spec: SourceSpec, max_rows: int | None = None) -> tuple[list[PreferencePair], LoadReport]:
+    """All pairs of one source and the report of what was found; nothing is raised for bad rows."""
+    if spec.kind == "prepared":
+        pairs = read_prepared(spec.location, "train")[:max_rows]
+        return pairs, LoadReport(spec.label, "prepared", len(pairs), len(pairs))
+    return collect_pairs(iter_rows(spec), spec.label, spec.format, spec.columns, max_rows)
+
+
+# ---- train / eval -----------------------------------------------------------------------------
+
+
+def main_spec(cfg: DataConfig, split: str | None = None, name: str | None = None) -> SourceSpec:
+    return resolve_source(name or cfg.path, split or cfg.split, cfg.config_name, cfg.data_dir, cfg.format,
+                          cfg.columns)
 
 
 def load_pairs(source: str | None, sample_size: int = 200, seed: int = 0) -> list[PreferencePair]:
-    """Pairs from a JSONL file, or ``sample_size`` built-in sample pairs when ``source`` is None."""
+    """Pairs from a source (first bad row raises), or ``sample_size`` built-in sample pairs for None."""
     if source is None:
-        return [PreferencePair(**row, source=f"sample:{i}") for i, row in enumerate(sample_pairs(sample_size, seed))]
-    return read_preference_jsonl(source)
+        return _samples(sample_size, seed)
+    pairs, report = read_source(resolve_source(source))
+    report.raise_errors("error", source)
+    return pairs
 
 
-def load_train_eval(cfg: DataConfig, seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Training pairs and evaluation pairs (empty when no eval data is configured)."""
-    train = load_pairs(cfg.path, cfg.sample_size, seed)
-    evaluation = load_pairs(cfg.eval_path) if cfg.eval_path else []
-    if cfg.eval_fraction > 0:
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        n_eval = max(1, round(cfg.eval_fraction * len(train)))
-        held = set(order[:n_eval])
-        evaluation += [train[i] for i in sorted(held)]
-        train = [p for i, p in enumerate(train) if i not in held]
-    if cfg.max_samples is not None:
+def _samples(n: int, seed: int) -> list[PreferencePair]:
+    return [PreferencePair(**row, source=f"sample:{i}") for i, row in enumerate(sample_pairs(n, seed))]
+
+
+def read_train_eval(
+    cfg: DataConfig, seed: int
+) -> tuple[list[PreferencePair], list[PreferencePair], list[tuple[LoadReport, str]], float]:
+    """Read every configured source; returns train and eval pairs, one report per source (with the
+    name to show), and the fraction (or count) still to hold out. Bad rows are left out and
+    reported, never raised: the caller applies the policy."""
+    reports: list[tuple[LoadReport, str]] = []
+    holdout: float = cfg.eval_fraction
+    evaluation: list[PreferencePair] = []
+    if cfg.mixture:
+        train, evaluation, reports, size = _load_mixture(cfg, seed)
+        holdout = size or holdout
+    elif cfg.path is None:
+        train = _samples(cfg.sample_size, seed)
+    else:
+        spec = main_spec(cfg)
+        train, report = read_source(spec, cfg.max_samples)
+        reports.append((report, spec.name))
+        if cfg.eval_split and not cfg.eval_path and spec.kind not in SPLIT_KINDS:
+            raise DataError(f"data.eval_split '{cfg.eval_split}' given, but {spec.name} is a file, which has no "
+                            "splits", reason="no splits", hint="use data.eval_path (a file) or data.eval_fraction")
+        if cfg.eval_path or cfg.eval_split:
+            eval_spec = main_spec(cfg, cfg.eval_split, cfg.eval_path)
+            evaluation, eval_report = read_source(eval_spec)
+            reports.append((eval_report, eval_spec.name))
+        elif spec.kind == "prepared":
+            evaluation = read_prepared(spec.location, "eval")
+    return train, evaluation, reports, holdout
+
+
+def load_train_eval(
+    cfg: DataConfig, seed: int, log: Callable[[str], None] | None = None
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Training pairs and evaluation pairs (empty when no eval data is configured).
+
+    Bad rows raise `DataError` here under ``on_bad_row: error`` (before any model is loaded);
+    under ``skip`` they are left out. What was read, dropped and skipped goes to ``log``.
+    """
+    train, evaluation, reports, holdout = read_train_eval(cfg, seed)
+    for report, name in reports:
+        report.raise_errors(cfg.on_bad_row, name)
+    if log is not None:
+        for report, _ in reports:
+            for line in report.summary(cfg.on_bad_row):
+                log(f"data: {line}")
+    if cfg.max_samples is not None:  # a smoke run: the held-out pairs come out of these too
         train = train[: cfg.max_samples]
+    if holdout:
+        try:
+            train, held = hold_out(train, holdout, seed)
+        except ValueError as e:
+            raise DataError(str(e), hint="lower data.eval_fraction / test_split_size, or add data") from None
+        evaluation = evaluation + held
+    if not train:
+        raise DataError(f"no usable training pairs in {cfg.path or 'the mixture'}", reason="no pairs",
+                        hint="`dpokit data validate` shows what was dropped and why")
     return train, evaluation
+
+
+def _load_mixture(cfg: DataConfig, seed: int):
+    mixture = parse_mixture(cfg.mixture)
+    mix_seed = mixture.seed if mixture.seed is not None else seed
+    train: list[PreferencePair] = []
+    evaluation: list[PreferencePair] = []
+    reports = []
+    for entry in mixture.datasets:
+        fmt = entry.format or cfg.format
+        spec = resolve_source(entry.id, entry.split or cfg.split, entry.config, entry.data_dir, fmt,
+                              entry.columns if entry.columns is not None else cfg.columns)
+        pairs, report = read_source(spec)
+        reports.append((report, entry.id))
+        part = take_fraction(pairs, entry.weight, mix_seed)
+        if entry.weight is not None:
+            report.source += f" (weight {entry.weight}: {len(part)} of {len(pairs)} pairs taken)"
+        train += part
+        if cfg.eval_split and spec.kind in SPLIT_KINDS:  # taken whole, as alignment-handbook does
+            eval_spec = replace(spec, split=cfg.eval_split)
+            eval_pairs, eval_report = read_source(eval_spec)
+            reports.append((eval_report, entry.id))
+            evaluation += eval_pairs
+    random.Random(mix_seed).shuffle(train)  # one seeded shuffle of the whole mixture
+    return train, evaluation, reports, mixture.test_split_size

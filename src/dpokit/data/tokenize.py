@@ -7,14 +7,23 @@ Rules (``tokenize_pair``):
   and its ids are what follows the prompt. If the tokenizer merges characters across the boundary,
   the prompt ends where the tokenized prompt and both tokenized full texts stop agreeing (the
   common prefix), so the pair keeps one prompt. EOS is appended to each completion unless it
-  already ends with it.
+  already ends with it (TRL does the same for text data).
 * **Conversational data.** The prompt is the chat template over the prompt messages with the
-  generation prompt (so the assistant header belongs to the prompt); each full sequence is the
-  chat template over prompt + completion messages; the completion is what follows the prompt.
-  No EOS is added: the template ends the turn. The template's own BOS is kept and never doubled.
+  generation prompt (so the assistant header belongs to the prompt, not the completion); each
+  full sequence is the chat template over prompt + completion messages; the completion is what
+  follows the prompt (again the common prefix, for templates that render history differently).
+  So ``prompt_ids + chosen_ids`` is exactly the template over the whole chosen conversation. No
+  EOS is added: the template ends the turn. Templated text is tokenized without adding special
+  tokens, so a template's own BOS is never doubled.
+* **Dialogues in text form** (HH-RLHF, `PreferencePair.as_chat`): tokenized as chat messages when
+  the tokenizer has a chat template, as the raw text otherwise (what TRL does with them).
+* **No chat template.** Conversational data on a tokenizer without a template uses
+  ``FALLBACK_CHAT_TEMPLATE``: ``User: ...<eos>\\nAssistant: ...<eos>`` turns (a system message
+  reads ``System: ...``), the generation prompt ``\\nAssistant:``, and BOS in front when the
+  tokenizer adds BOS to text. ``data.chat_template`` sets a template of your own.
 * **Truncation.** A prompt longer than ``max_prompt_length`` keeps its last tokens (those next to
-  the answer). A pair whose prompt alone reaches ``max_length`` is dropped. Completions are cut to
-  fit ``max_length`` (keeping their start).
+  the answer). A pair whose prompt alone reaches ``max_length`` is dropped (a warning, counted).
+  Completions are cut to fit ``max_length`` (keeping their start).
 * **Masking.** Prompt tokens never count in the loss: a `TokenizedPair` keeps prompt and
   completion ids apart, and the collator scores completion tokens only.
 * **Padding.** A tokenizer without a pad token uses EOS (``prepare_tokenizer``).
@@ -22,6 +31,7 @@ Rules (``tokenize_pair``):
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,29 +40,59 @@ from dpokit.data.pairs import PreferencePair, TokenizedPair
 from dpokit.errors import DataError
 
 # Used for conversational data when the tokenizer has no chat template: plain role-prefixed turns.
+# The generation prompt ends at "Assistant:", so the answer's leading space stays with the answer.
+# (Newlines are Jinja string literals: transformers renders templates with trim_blocks, which
+# would eat a newline written right after a block tag.)
 FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ message['role'] | capitalize }}: {{ message['content'] }}{{ eos_token }}\n"
+    "{% if not loop.first %}{{ '\\n' }}{% endif %}"
+    "{{ message['role'] | capitalize }}: {{ message['content'] }}{{ eos_token }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}Assistant: {% endif %}"
+    "{% if add_generation_prompt %}{{ '\\nAssistant:' }}{% endif %}"
 )
+
+DROP_EMPTY = "empty completion"
+DROP_LONG_PROMPT = "prompt alone reaches max_length"
 
 
 @dataclass
 class TokenizeStats:
-    """Counts from tokenizing a data set, printed before training."""
+    """Counts from tokenizing a data set, printed before training; ``dropped_sources`` says which rows."""
 
     kept: int = 0
     truncated_prompt: int = 0
     truncated_completion: int = 0
     dropped: Counter = field(default_factory=Counter)
+    dropped_sources: dict[str, list[str]] = field(default_factory=dict)
+
+    def drop(self, reason: str, source: str) -> None:
+        self.dropped[reason] += 1
+        self.dropped_sources.setdefault(reason, []).append(source)
+
+    def merge(self, other: TokenizeStats) -> None:
+        self.kept += other.kept
+        self.truncated_prompt += other.truncated_prompt
+        self.truncated_completion += other.truncated_completion
+        self.dropped.update(other.dropped)
+        for reason, sources in other.dropped_sources.items():
+            self.dropped_sources.setdefault(reason, []).extend(sources)
 
     def summary(self) -> str:
         text = (f"{self.kept} pairs tokenized; {self.truncated_prompt} prompts and "
                 f"{self.truncated_completion} completions truncated")
         if self.dropped:
-            text += "; dropped: " + ", ".join(f"{n} ({reason})" for reason, n in self.dropped.items())
+            text += "; dropped (warning): " + ", ".join(f"{n} ({reason})" for reason, n in self.dropped.items())
         return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kept": self.kept, "truncated_prompt": self.truncated_prompt,
+                "truncated_completion": self.truncated_completion, "dropped": dict(self.dropped),
+                "dropped_sources": self.dropped_sources}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TokenizeStats:
+        return cls(d["kept"], d["truncated_prompt"], d["truncated_completion"], Counter(d["dropped"]),
+                   d.get("dropped_sources", {}))
 
 
 def prepare_tokenizer(tokenizer: Any, chat_template: str | None = None) -> Any:
@@ -82,10 +122,18 @@ def _ids(result: Any) -> list[int]:
     return list(result)
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """True when the tokenizer puts BOS in front of plain text."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+
+
 def _chat_ids(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> list[int]:
-    template = tokenizer.chat_template or FALLBACK_CHAT_TEMPLATE
-    return _ids(tokenizer.apply_chat_template(
-        messages, tokenize=True, add_generation_prompt=generation_prompt, chat_template=template))
+    if tokenizer.chat_template:
+        return _ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt))
+    ids = _ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,
+                                             chat_template=FALLBACK_CHAT_TEMPLATE))
+    return [tokenizer.bos_token_id] + ids if adds_bos(tokenizer) else ids
 
 
 def _messages(pair: PreferencePair, completion: Any) -> tuple[list[dict], list[dict]]:
@@ -97,8 +145,16 @@ def _messages(pair: PreferencePair, completion: Any) -> tuple[list[dict], list[d
     return prompt, prompt + completion
 
 
+def effective_pair(pair: PreferencePair, tokenizer: Any) -> PreferencePair:
+    """The form of ``pair`` that is tokenized: its chat form when it has one and the tokenizer a template."""
+    if pair.as_chat is not None and tokenizer.chat_template:
+        return pair.as_chat
+    return pair
+
+
 def encode_pair(pair: PreferencePair, tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
     """Return untruncated ``(prompt_ids, chosen_ids, rejected_ids)`` following the rules above."""
+    pair = effective_pair(pair, tokenizer)
     if pair.conversational or isinstance(pair.prompt, list):
         prompt_msgs, chosen_msgs = _messages(pair, pair.chosen)
         _, rejected_msgs = _messages(pair, pair.rejected)
@@ -122,6 +178,28 @@ def encode_pair(pair: PreferencePair, tokenizer: Any) -> tuple[list[int], list[i
     return prompt[:k], chosen_ids, rejected_ids
 
 
+def fit_pair(
+    prompt: list[int], chosen: list[int], rejected: list[int], max_length: int,
+    max_prompt_length: int | None, stats: TokenizeStats, source: str = "",
+) -> TokenizedPair | None:
+    """Apply the truncation rules to encoded ids; ``None`` (counted in ``stats``) if the pair is dropped."""
+    if not chosen or not rejected:
+        stats.drop(DROP_EMPTY, source)
+        return None
+    if max_prompt_length is not None and len(prompt) > max_prompt_length:
+        prompt = prompt[len(prompt) - max_prompt_length:]
+        stats.truncated_prompt += 1
+    if len(prompt) >= max_length:
+        stats.drop(DROP_LONG_PROMPT, source)
+        return None
+    room = max_length - len(prompt)
+    if len(chosen) > room or len(rejected) > room:
+        stats.truncated_completion += 1
+        chosen, rejected = chosen[:room], rejected[:room]
+    stats.kept += 1
+    return TokenizedPair(prompt, chosen, rejected, meta={"source": source})
+
+
 def tokenize_pair(
     pair: PreferencePair,
     tokenizer: Any,
@@ -131,28 +209,56 @@ def tokenize_pair(
 ) -> TokenizedPair | None:
     """Tokenize one pair under the rules in this module's docstring; ``None`` if it is dropped."""
     stats = stats if stats is not None else TokenizeStats()
-    prompt, chosen, rejected = encode_pair(pair, tokenizer)
-    if not chosen or not rejected:
-        stats.dropped["empty completion"] += 1
-        return None
-    if max_prompt_length is not None and len(prompt) > max_prompt_length:
-        prompt = prompt[len(prompt) - max_prompt_length:]
-        stats.truncated_prompt += 1
-    if len(prompt) >= max_length:
-        stats.dropped["prompt alone reaches max_length"] += 1
-        return None
-    room = max_length - len(prompt)
-    if len(chosen) > room or len(rejected) > room:
-        stats.truncated_completion += 1
-        chosen, rejected = chosen[:room], rejected[:room]
-    stats.kept += 1
-    return TokenizedPair(prompt, chosen, rejected, meta={"source": pair.source})
+    return fit_pair(*encode_pair(pair, tokenizer), max_length, max_prompt_length, stats, pair.source)
+
+
+def _tokenize_chunk(pairs: list[PreferencePair], tokenizer: Any, max_length: int,
+                    max_prompt_length: int | None) -> tuple[list[TokenizedPair | None], TokenizeStats]:
+    stats = TokenizeStats()
+    return [tokenize_pair(p, tokenizer, max_length, max_prompt_length, stats) for p in pairs], stats
+
+
+_WORKER_TOKENIZER: Any = None  # set in the parent before forking, or by the worker initializer
+
+
+def _init_worker(tokenizer: Any) -> None:
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+
+
+def _worker(args: tuple) -> tuple[list[TokenizedPair | None], TokenizeStats]:
+    pairs, max_length, max_prompt_length = args
+    return _tokenize_chunk(pairs, _WORKER_TOKENIZER, max_length, max_prompt_length)
 
 
 def tokenize_pairs(
-    pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_prompt_length: int | None = None
+    pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_prompt_length: int | None = None,
+    num_proc: int = 1,
 ) -> tuple[list[TokenizedPair], TokenizeStats]:
-    """Tokenize a list of pairs, dropping those the rules drop; returns the pairs and the counts."""
+    """Tokenize a list of pairs, dropping those the rules drop; returns the pairs and the counts.
+
+    ``num_proc > 1`` splits the pairs into contiguous chunks tokenized by worker processes; the
+    result is the same, in the same order.
+    """
+    num_proc = max(1, min(num_proc, len(pairs) // 64 or 1))
+    if num_proc == 1:
+        out, stats = _tokenize_chunk(pairs, tokenizer, max_length, max_prompt_length)
+        return [t for t in out if t is not None], stats
+    import multiprocessing as mp
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    size = -(-len(pairs) // (num_proc * 4))
+    chunks = [(pairs[i:i + size], max_length, max_prompt_length) for i in range(0, len(pairs), size)]
+    if "fork" in mp.get_all_start_methods():
+        _init_worker(tokenizer)  # the forked workers inherit it, no pickling
+        context, init, init_args = mp.get_context("fork"), None, ()
+    else:  # pragma: no cover - spawn platforms pickle the tokenizer once per worker
+        context, init, init_args = mp.get_context(), _init_worker, (tokenizer,)
+    with context.Pool(num_proc, initializer=init, initargs=init_args) as pool:
+        results = pool.map(_worker, chunks)
     stats = TokenizeStats()
-    out = [tokenize_pair(p, tokenizer, max_length, max_prompt_length, stats) for p in pairs]
-    return [t for t in out if t is not None], stats
+    kept: list[TokenizedPair] = []
+    for out, part in results:
+        stats.merge(part)
+        kept += [t for t in out if t is not None]
+    return kept, stats

@@ -1,0 +1,166 @@
+"""Tokenize once: a cache of tokenized pairs, and the directories ``dpokit data prepare`` writes.
+
+The cache key is a hash of the normalised pairs (their content, not the file name), the
+tokenizer (its full serialised form, chat template and special tokens) and the settings that
+change the ids (``max_length``, ``max_prompt_length``), so a changed file, tokenizer or setting
+never reuses stale ids. Entries live under ``$DPOKIT_CACHE/tokenized/<key>/`` as ``ids.npz``
+(flat int arrays and offsets, read back with ``allow_pickle=False``) plus ``stats.json``, written
+to a temporary name and renamed, so concurrent ranks never see half an entry.
+
+A prepared directory (``dpokit data prepare ... --output-dir DIR``) holds the normalised pairs
+(``train.jsonl``, ``eval.jsonl``), the tokenized entries (``tokenized/<key>/``) and
+``dpokit_prepared.json``; ``dpokit train --data DIR`` reads it, and re-tokenizes only if the
+tokenizer or settings differ from those it was prepared with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dpokit.data.pairs import PreferencePair, TokenizedPair
+from dpokit.data.tokenize import TokenizeStats, tokenize_pairs
+
+CACHE_VERSION = "1"
+
+
+def cache_root() -> Path:
+    from dpokit.models import cache_dir
+
+    return cache_dir() / "tokenized"
+
+
+def pairs_digest(pairs: list[PreferencePair]) -> str:
+    h = hashlib.sha256()
+    for pair in pairs:
+        h.update(json.dumps(pair.to_dict(), sort_keys=True, ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def tokenizer_digest(tokenizer: Any) -> str | None:
+    """A hash of everything about the tokenizer that changes ids; None if it cannot be serialised."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    h = hashlib.sha256(backend.to_str().encode("utf-8"))
+    extra = [type(tokenizer).__name__, tokenizer.chat_template, tokenizer.bos_token_id, tokenizer.eos_token_id,
+             tokenizer("Hello world")["input_ids"]]
+    h.update(json.dumps(extra, default=str).encode("utf-8"))
+    return h.hexdigest()
+
+
+def cache_key(pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_prompt_length: int | None) -> str | None:
+    tok = tokenizer_digest(tokenizer)
+    if tok is None:
+        return None
+    settings = json.dumps([CACHE_VERSION, max_length, max_prompt_length])
+    return hashlib.sha256(f"{pairs_digest(pairs)}|{tok}|{settings}".encode()).hexdigest()[:32]
+
+
+def save_entry(directory: Path, pairs: list[TokenizedPair], stats: TokenizeStats) -> None:
+    """Write one entry atomically (a temporary directory, then a rename)."""
+    import numpy as np
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    arrays: dict[str, Any] = {}
+    for part in ("prompt_ids", "chosen_ids", "rejected_ids"):
+        seqs = [getattr(p, part) for p in pairs]
+        arrays[part] = np.fromiter((t for s in seqs for t in s), dtype=np.int64)
+        arrays[part + "_offsets"] = np.cumsum([0] + [len(s) for s in seqs], dtype=np.int64)
+    np.savez(tmp / "ids.npz", **arrays)
+    meta = {"stats": stats.to_dict(), "sources": [p.meta.get("source", "") for p in pairs], "created": time.time()}
+    (tmp / "stats.json").write_text(json.dumps(meta), encoding="utf-8")
+    try:
+        os.replace(tmp, directory)
+    except OSError:  # another process wrote the same entry first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_entry(directory: Path) -> tuple[list[TokenizedPair], TokenizeStats] | None:
+    import numpy as np
+
+    if not (directory / "ids.npz").is_file() or not (directory / "stats.json").is_file():
+        return None
+    try:
+        meta = json.loads((directory / "stats.json").read_text(encoding="utf-8"))
+        with np.load(directory / "ids.npz", allow_pickle=False) as data:
+            parts = {}
+            for part in ("prompt_ids", "chosen_ids", "rejected_ids"):
+                flat, offsets = data[part].tolist(), data[part + "_offsets"].tolist()
+                parts[part] = [flat[a:b] for a, b in zip(offsets, offsets[1:])]
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged entry is simply rebuilt
+    sources = meta.get("sources", [])
+    pairs = [TokenizedPair(p, c, r, meta={"source": sources[i] if i < len(sources) else ""})
+             for i, (p, c, r) in enumerate(zip(parts["prompt_ids"], parts["chosen_ids"], parts["rejected_ids"]))]
+    return pairs, TokenizeStats.from_dict(meta["stats"])
+
+
+def tokenize_cached(
+    pairs: list[PreferencePair],
+    tokenizer: Any,
+    max_length: int,
+    max_prompt_length: int | None = None,
+    num_proc: int = 1,
+    use_cache: bool = True,
+    extra_dirs: tuple[Path, ...] = (),
+    save_to: Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[TokenizedPair], TokenizeStats, str | None]:
+    """Tokenized pairs from the cache (``extra_dirs`` first, then ``$DPOKIT_CACHE``) or freshly
+    tokenized (then stored in the cache, and in ``save_to`` when given). Returns the key as well."""
+    key = cache_key(pairs, tokenizer, max_length, max_prompt_length) if (use_cache or save_to or extra_dirs) else None
+    if key is not None:
+        places = [d / key for d in extra_dirs] + ([cache_root() / key] if use_cache else [])
+        for place in places:
+            found = load_entry(place)
+            if found is not None:
+                if log is not None:
+                    log(f"tokenized pairs read from the cache ({place})")
+                if save_to is not None and place != save_to / key:
+                    save_entry(save_to / key, *found)
+                return found[0], found[1], key
+    start = time.perf_counter()
+    tokenized, stats = tokenize_pairs(pairs, tokenizer, max_length, max_prompt_length, num_proc)
+    if log is not None and len(pairs) >= 1000:
+        log(f"tokenized {len(pairs)} pairs in {time.perf_counter() - start:.1f} s with {num_proc} process(es)")
+    if key is not None:
+        if use_cache:
+            save_entry(cache_root() / key, tokenized, stats)
+        if save_to is not None:
+            save_entry(save_to / key, tokenized, stats)
+    return tokenized, stats, key
+
+
+def tokenize_train_eval(
+    cfg: Any, train: list[PreferencePair], evaluation: list[PreferencePair], tokenizer: Any,
+    log: Callable[[str], None] | None = None,
+) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
+    """Tokenize the training and evaluation pairs of a run (``cfg`` is its `DataConfig`), through the
+    cache and a prepared directory's own entries; counts go to ``log``."""
+    from dpokit.data.sources import PREPARED_MARKER
+
+    extra = ()
+    if cfg.path and (Path(cfg.path) / PREPARED_MARKER).is_file():
+        extra = (Path(cfg.path) / "tokenized",)
+    out = []
+    for name, pairs in (("train", train), ("eval", evaluation)):
+        if not pairs:
+            out.append([])
+            continue
+        tokenized, stats, _ = tokenize_cached(pairs, tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.num_proc,
+                                              cfg.tokenized_cache, extra, log=log)
+        if log is not None:
+            log(f"{name} data: {stats.summary()}")
+        out.append(tokenized)
+    return out[0], out[1]

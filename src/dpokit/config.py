@@ -167,6 +167,9 @@ class DataConfig:
     ``prefix``: ``[prompt][chosen][rejected]`` per pair, the prompt computed once (fastest when
     prompts are long); ``packed``: sequences end to end, no padding; ``padded``: the classic 2B
     right-padded rows."""
+    group_by_length: bool = False
+    """Batch pairs of similar length together (each shuffled mega-batch of 64 steps' pairs sorted
+    by length): much less padding for ``--layout padded``; the packing layouts need no help."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -398,7 +401,7 @@ HF_UNUSED_KEYS = frozenset("""
     liger_kernel_config use_cache project trackio_space_id eval_do_concat_batches eval_use_gather_object
     include_for_metrics batch_eval_metrics enable_jit_checkpoint hub_always_push hub_revision full_determinism
     accelerator_config parallelism_config dataloader_multiprocessing_context dataloader_in_order
-    train_sampling_strategy length_column_name ddp_broadcast_buffers ddp_static_graph debug group_by_length
+    train_sampling_strategy length_column_name ddp_broadcast_buffers ddp_static_graph debug
     jit_mode_eval use_ipex bf16 fp16_opt_level half_precision_backend mp_parameters split_batches
     dispatch_batches include_inputs_for_metrics torchdynamo ray_scope reference_free
 """.split()) - set(RECIPE_KEYS)

@@ -12,6 +12,8 @@ log pi(y|x), the sum); token counts come alongside so losses can take per-token 
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dpokit.data.collate import PreferenceBatch
+from dpokit.errors import ConfigError
 
 
 @dataclass
@@ -64,16 +67,89 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def logit_transform(model: nn.Module):
-    """How this model post-processes its logits, or None. Raises for post-processing we do not know."""
+def logit_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The post-processing this model applies to its LM head's output, or None.
+
+    Known kinds: final soft-capping (Gemma 2/3: ``tanh(z / cap) * cap``), logit scaling (Cohere:
+    ``z * logit_scale``) and logit division (Granite: ``z / logits_scaling``). Anything else is
+    caught by `head_matches_forward`, which sends the model down the plain full-logits path.
+    """
     config = unwrap(model).config
     cap = getattr(config, "final_logit_softcapping", None)
     scale = getattr(config, "logit_scale", None)
+    divide = getattr(config, "logits_scaling", None)
     if cap:
         return lambda logits: torch.tanh(logits / cap) * cap
     if scale not in (None, 1, 1.0):
         return lambda logits: logits * scale
+    if divide not in (None, 1, 1.0):
+        return lambda logits: logits / divide
     return None
+
+
+def head_matches_forward(model: nn.Module, input_ids: torch.Tensor) -> bool:
+    """Whether ``head(decoder(x))`` plus `logit_transform` reproduces the model's own logits.
+
+    Checked once per model on a few real tokens, in fp32 and eval mode, and remembered on the
+    model. A model that post-processes its logits in a way we do not know fails the check, and
+    its log-probs then come from the plain path (`plain_sequence_logps`): slower, never wrong.
+    """
+    inner = unwrap(model)
+    known = getattr(inner, "_dpokit_head_matches", None)
+    if known is not None:
+        return known
+    head = inner.get_output_embeddings()
+    if head is None:
+        inner._dpokit_head_matches = False
+        return False
+    ids = input_ids[:1, :16]  # (1, t)
+    was_training = inner.training
+    inner.eval()
+    try:
+        with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
+            own = inner(input_ids=ids, use_cache=False).logits.float()  # (1, t, V)
+            hidden = inner.base_model(input_ids=ids, use_cache=False).last_hidden_state  # (1, t, H)
+            mine = head(hidden).float()
+            transform = logit_transform(inner)
+            mine = transform(mine) if transform is not None else mine
+        matches = own.shape == mine.shape and torch.allclose(own, mine, rtol=1e-4, atol=1e-4)
+    finally:
+        inner.train(was_training)
+    if not matches:
+        warnings.warn(f"{type(inner).__name__} post-processes its logits in a way dpokit does not know; "
+                      "its log-probs come from the plain full-logits path (correct, but slower and "
+                      "larger in memory)", stacklevel=2)
+    inner._dpokit_head_matches = matches
+    return matches
+
+
+def model_inputs(model: nn.Module, batch: PreferenceBatch) -> dict[str, torch.Tensor | None]:
+    """The decoder's keyword inputs for ``batch``: its (R, T, T) mask made additive, or left out.
+
+    SDPA and eager attention take the additive float mask ``(R, 1, T, T)``: 0 where a token may
+    attend, the dtype's minimum elsewhere (a boolean 4D mask is misread by eager attention). It
+    is built in the dtype attention runs in (the autocast dtype under mixed precision).
+
+    Flash-attention kernels take no such mask. For ``packed`` batches they do not need one:
+    transformers reads the restarting position ids as sequence boundaries (varlen kernels). This
+    GPU-only path is not exercised by the CPU tests. ``prefix`` batches need their mask, so they
+    are refused there.
+    """
+    inner = unwrap(model)
+    mask = batch.attention_mask
+    if mask.dim() == 3:
+        if "flash" in str(getattr(inner.config, "_attn_implementation", "")):
+            if batch.layout != "packed":
+                raise ConfigError(f"layout {batch.layout!r} needs its attention mask, which flash attention "
+                                  "cannot take; use --layout packed or --attn-implementation sdpa")
+            mask = None
+        else:
+            device = mask.device.type
+            dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
+                     else next(inner.parameters()).dtype)
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+                ~mask, torch.finfo(dtype).min)[:, None]  # (R, 1, T, T)
+    return {"input_ids": batch.input_ids, "attention_mask": mask, "position_ids": batch.position_ids}
 
 
 def _token_logps(
@@ -84,6 +160,16 @@ def _token_logps(
         logits = transform(logits)
     picked = logits.gather(-1, targets[:, None]).squeeze(-1)  # (n,)
     return picked - torch.logsumexp(logits, dim=-1), logits.detach().mean(-1)
+
+
+def _per_sequence(batch: PreferenceBatch, token_logps: torch.Tensor, token_means: torch.Tensor) -> SequenceLogps:
+    """Sum token log-probs (N,) into sequences (2B,); mean logits alongside."""
+    num_seqs = 2 * batch.num_pairs
+    logps = torch.zeros(num_seqs, dtype=torch.float32, device=token_logps.device)
+    logps = logps.index_add(0, batch.seq_index, token_logps)  # (2B,)
+    tokens = torch.bincount(batch.seq_index, minlength=num_seqs)  # (2B,)
+    logit_sums = torch.zeros(num_seqs, device=token_logps.device).index_add(0, batch.seq_index, token_means)
+    return SequenceLogps(logps, tokens, logit_sums / tokens.clamp(min=1))
 
 
 class SequenceScorer(nn.Module):
@@ -100,46 +186,46 @@ class SequenceScorer(nn.Module):
 
     def forward(self, batch: PreferenceBatch) -> SequenceLogps:
         inner = unwrap(self.model)
-        decoder, head = inner.base_model, inner.get_output_embeddings()
-        mask = batch.attention_mask
-        if mask.dim() == 3:  # (R, T, T) bool -> additive float (R, 1, T, T)
-            dtype = next(inner.parameters()).dtype
-            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
-                ~mask, torch.finfo(dtype).min)[:, None]
-        hidden = decoder(input_ids=batch.input_ids, attention_mask=mask,
-                         position_ids=batch.position_ids, use_cache=False).last_hidden_state  # (R, T, H)
-        hidden = hidden.reshape(-1, hidden.shape[-1])[batch.logit_index]  # (N, H)
+        if not head_matches_forward(inner, batch.input_ids):
+            return plain_sequence_logps(self.model, batch)
+        head = inner.get_output_embeddings()
+        hidden = inner.base_model(**model_inputs(inner, batch), use_cache=False).last_hidden_state  # (R, T, H)
+        hidden = hidden.reshape(-1, hidden.shape[-1])[batch.logit_index]  # (N, H) scored positions only
         transform = logit_transform(inner)
         pieces, means = [], []
         for start in range(0, hidden.shape[0], self.chunk_size):
-            h = hidden[start : start + self.chunk_size]
-            t = batch.target_ids[start : start + self.chunk_size]
-            if torch.is_grad_enabled() and h.requires_grad:
+            h = hidden[start : start + self.chunk_size]  # (n, H)
+            t = batch.target_ids[start : start + self.chunk_size]  # (n,)
+            if torch.is_grad_enabled() and h.requires_grad:  # keep no (n, V) logits for the backward
                 lp, lm = checkpoint(_token_logps, head, h, t, transform, use_reentrant=False)
             else:
                 lp, lm = _token_logps(head, h, t, transform)
             pieces.append(lp)
             means.append(lm)
-        token_logps = torch.cat(pieces)  # (N,)
-        num_seqs = 2 * batch.num_pairs
-        logps = torch.zeros(num_seqs, dtype=torch.float32, device=token_logps.device)
-        logps = logps.index_add(0, batch.seq_index, token_logps)  # (2B,)
-        tokens = torch.bincount(batch.seq_index, minlength=num_seqs)
-        logit_sums = torch.zeros(num_seqs, device=token_logps.device).index_add(0, batch.seq_index, torch.cat(means))
-        return SequenceLogps(logps, tokens, logit_sums / tokens.clamp(min=1))
+        return _per_sequence(batch, torch.cat(pieces), torch.cat(means))
+
+
+def plain_sequence_logps(model: nn.Module, batch: PreferenceBatch) -> SequenceLogps:
+    """Per-sequence log-probs from the model's own full ``(R, T, V)`` logits: the slow, obvious way.
+
+    The fallback for models whose logits are post-processed in ways `logit_transform` does not
+    know, and the yardstick the tests hold the chunked path to.
+    """
+    logits = model(**model_inputs(model, batch), use_cache=False).logits  # (R, T, V)
+    picked = logits.reshape(-1, logits.shape[-1])[batch.logit_index].float()  # (N, V)
+    token_logps = F.log_softmax(picked, dim=-1).gather(-1, batch.target_ids[:, None]).squeeze(-1)  # (N,)
+    return _per_sequence(batch, token_logps, picked.detach().mean(-1))
 
 
 def reference_sequence_logps(model: nn.Module, batch: PreferenceBatch) -> torch.Tensor:
-    """Summed completion log-probs from a plain full-logits forward: the slow, obvious way.
+    """(2B,) summed completion log-probs by the plain path (`plain_sequence_logps`)."""
+    return plain_sequence_logps(model, batch).logps
 
-    Used by tests to check the chunked path, and as the fallback for models whose logits are
-    post-processed in ways ``logit_transform`` does not know.
+
+def compile_decoder(model: nn.Module, dynamic: bool = True) -> nn.Module:
+    """Compile the model's decoder in place with ``torch.compile`` (parameter names unchanged).
+
+    Batch shapes change from step to step, so shapes are compiled as dynamic by default.
     """
-    mask = batch.attention_mask
-    if mask.dim() == 3:
-        dtype = next(model.parameters()).dtype
-        mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)[:, None]
-    logits = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids).logits
-    logp = F.log_softmax(logits.float(), dim=-1).reshape(-1, logits.shape[-1])  # (R*T, V)
-    token_logps = logp[batch.logit_index, batch.target_ids]
-    return torch.zeros(2 * batch.num_pairs).index_add(0, batch.seq_index, token_logps)
+    unwrap(model).base_model.compile(dynamic=dynamic)
+    return model

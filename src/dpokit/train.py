@@ -23,14 +23,24 @@ import torch
 
 from dpokit import dist
 from dpokit.config import Config
+from dpokit.data.cache import tokenize_train_eval
 from dpokit.data.collate import PreferenceBatch, collate
 from dpokit.data.pairs import TokenizedPair
 from dpokit.data.sources import load_train_eval
-from dpokit.data.tokenize import tokenize_pairs
-from dpokit.errors import ConfigError, DpokitError
-from dpokit.logps import SequenceLogps, SequenceScorer
-from dpokit.losses import LossInputs, LossOutput, LossSpec, get_loss
-from dpokit.models import autocast, frozen_copy, load_model, load_tokenizer, resolve_device, resolve_precision
+from dpokit.diagnostics import Diagnostics
+from dpokit.errors import DpokitError
+from dpokit.logps import SequenceLogps, SequenceScorer, compile_decoder
+from dpokit.lora import save_policy
+from dpokit.losses import LossInputs, LossOutput, LossSpec, beta_at, get_loss
+from dpokit.models import (
+    autocast,
+    base_model_warning,
+    load_policy,
+    load_tokenizer,
+    resolve_device,
+    resolve_precision,
+)
+from dpokit.reference import Reference, build_reference
 from dpokit.tracking import MetricsLog
 
 
@@ -47,10 +57,17 @@ class PairStream:
     world_size: int = 1
     epoch: int = 0
     position: int = 0
+    lengths: list[int] | None = None  # tokens of each pair: given, batches are grouped by length
+    group: int = 1  # pairs per length-sorted mega-batch
 
     def _order(self) -> list[int]:
         order = list(range(self.size))
         random.Random(self.seed + self.epoch).shuffle(order)
+        if self.lengths is not None and self.group > 1:
+            # Length grouping: sort each mega-batch of shuffled pairs, longest first, so that the
+            # micro-batches cut from it hold pairs of similar length (less padding).
+            order = [i for start in range(0, len(order), self.group)
+                     for i in sorted(order[start : start + self.group], key=lambda i: -self.lengths[i])]
         return order[self.rank :: self.world_size]
 
     def take(self, n: int) -> list[int]:
@@ -88,6 +105,12 @@ def lr_factor(step: int, total: int, warmup: int, shape: str) -> float:
     if shape == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return 1.0
+
+
+def warmup_steps(config: Config, total: int) -> int:
+    if config.train.warmup_steps is not None:
+        return config.train.warmup_steps
+    return int(config.train.warmup_ratio * total)
 
 
 def total_steps(config: Config, num_pairs: int, world_size: int) -> int:
@@ -161,7 +184,7 @@ class Run:
     precision: str
     tokenizer: Any
     policy: torch.nn.Module
-    reference: torch.nn.Module | None
+    reference: Reference  # where reference log-probs come from (reference.py)
     loss: LossSpec
     train_pairs: list[TokenizedPair]
     eval_pairs: list[TokenizedPair]
@@ -176,13 +199,11 @@ class Run:
     def batch(self, pairs: list[TokenizedPair]) -> PreferenceBatch:
         return collate(pairs, self.config.data.layout, self.tokenizer.pad_token_id).to(self.device)
 
-    def forward(self, batch: PreferenceBatch) -> tuple[SequenceLogps, SequenceLogps | None]:
+    def forward(self, batch: PreferenceBatch, pairs: list[TokenizedPair]) -> tuple[SequenceLogps, SequenceLogps | None]:
+        """Policy and reference log-probs of ``batch``, which lays out ``pairs``."""
         with autocast(self.precision, self.device):
             policy = SequenceScorer(self.policy)(batch)
-            reference = None
-            if self.reference is not None:
-                with torch.no_grad():
-                    reference = SequenceScorer(self.reference)(batch).detach()
+            reference = self.reference.logps(batch, pairs)
         return policy, reference
 
 
@@ -195,34 +216,38 @@ def setup(config: Config, demo: bool = False) -> Run:
     loss = get_loss(config.loss.loss_type)
     log = MetricsLog(None, enabled=info.is_main)
 
-    train_raw, eval_raw = load_train_eval(config.data, config.train.seed)  # bad data stops us here
+    train_raw, eval_raw = load_train_eval(config.data, config.train.seed, log.print)  # bad data stops us here
     tokenizer = load_tokenizer(config.model)
     if config.data.chat_template:
         tokenizer.chat_template = config.data.chat_template
-    train_pairs, stats = tokenize_pairs(train_raw, tokenizer, config.data.max_length, config.data.max_prompt_length)
-    log.print(f"train data: {stats.summary()}")
-    eval_pairs: list[TokenizedPair] = []
-    if eval_raw:
-        eval_pairs, eval_stats = tokenize_pairs(eval_raw, tokenizer, config.data.max_length,
-                                                config.data.max_prompt_length)
-        log.print(f"eval data: {eval_stats.summary()}")
+    if (warning := base_model_warning(config.model, tokenizer)) is not None:
+        log.print(warning)
+    # Tokenized once: a second run with the same data, tokenizer and settings reads the cache.
+    train_pairs, eval_pairs = tokenize_train_eval(config.data, train_raw, eval_raw, tokenizer, log.print)
     if not train_pairs:
         raise DpokitError("no training pairs left after tokenization; raise --max-length or check the data")
 
     precision = resolve_precision(config.model.precision, device)
-    policy = load_model(config.model, device)
+    policy = load_policy(config.model, device)  # with LoRA / QLoRA adapters when configured
     policy.train()
-    reference = frozen_copy(policy) if loss.needs_reference else None
+    reference = build_reference(
+        config, policy, loss.needs_reference, device, precision,
+        lambda pairs: collate(pairs, config.data.layout, tokenizer.pad_token_id).to(device),
+        train_pairs + eval_pairs, log.print)
+    if config.model.compile:  # after the reference is copied: the copy stays uncompiled
+        compile_decoder(policy)
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=config.train.lr,
         betas=config.train.adam_betas, weight_decay=config.train.weight_decay,
         fused=device.type == "cpu" or None)
     steps = total_steps(config, len(train_pairs), info.world_size)
-    warmup = config.train.warmup_steps if config.train.warmup_steps is not None else int(
-        config.train.warmup_ratio * steps)
+    warmup = warmup_steps(config, steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps, warmup, config.train.scheduler))
     stream = PairStream(len(train_pairs), config.train.seed, info.rank, info.world_size)
+    if config.data.group_by_length:
+        stream.lengths = [p.num_tokens for p in train_pairs]
+        stream.group = 64 * config.train.batch_size * config.train.grad_accum * info.world_size
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         config.save(out_dir / "config.yaml")
@@ -231,7 +256,7 @@ def setup(config: Config, demo: bool = False) -> Run:
         log.print(f"{'demo: ' if demo else ''}model {config.model.name_or_path} ({n_params / 1e6:.1f}M params), "
                   f"precision {precision}, device {device}, {len(train_pairs)} train / {len(eval_pairs)} eval "
                   f"pairs, {steps} steps x {config.train.batch_size * config.train.grad_accum * info.world_size} "
-                  f"pairs, loss {loss.name}, reference {'frozen copy' if reference is not None else 'none'}")
+                  f"pairs, loss {loss.name}, reference: {reference.describe()}")
     return Run(config, info, device, precision, tokenizer, policy, reference, loss, train_pairs, eval_pairs,
                optimizer, scheduler, stream, TrainState(), steps, out_dir, log)
 
@@ -240,20 +265,33 @@ def train_step(run: Run, window: MetricSums) -> float:
     """One optimizer step over ``grad_accum`` micro-batches; returns the gradient norm before clipping."""
     cfg = run.config
     micro = [run.stream.take(cfg.train.batch_size) for _ in range(cfg.train.grad_accum)]
-    step_pairs = dist.all_reduce_sum(torch.tensor(float(sum(len(m) for m in micro)))).item()
-    for indices in micro:
-        batch = run.batch([run.train_pairs[i] for i in indices])
-        policy, reference = run.forward(batch)
-        out = run.loss.fn(loss_inputs(policy, reference, cfg.loss.beta), cfg.loss)
+    groups = [[run.train_pairs[i] for i in indices] for indices in micro]
+    batches = [run.batch(pairs) for pairs in groups]
+    # Pairs and chosen completion tokens of the whole step (all micro-batches, all ranks): the
+    # normalisers of the pair losses and of the token-averaged terms (NLL), so B x K equals BK x 1.
+    counts = torch.tensor([[b.num_pairs, int(b.completion_tokens[: b.num_pairs].sum())] for b in batches],
+                          dtype=torch.float64, device=run.device).sum(0)
+    step_pairs, step_tokens = dist.all_reduce_sum(counts).tolist()
+    beta = beta_at(cfg.loss.beta, cfg.loss.beta_schedule, run.state.step, run.total_steps)
+    bad_loss = None
+    for batch, pairs in zip(batches, groups):
+        policy, reference = run.forward(batch, pairs)
+        out = run.loss.fn(loss_inputs(policy, reference, beta), cfg.loss)
         # DDP averages gradients over ranks, so scale by world size to keep "sum over the step's pairs".
         loss = out.losses.sum() * run.info.world_size / step_pairs
         if out.token_loss is not None:
-            step_tokens = dist.all_reduce_sum(policy.tokens[: policy.num_pairs].sum().float().clone())
-            loss = loss + out.token_loss * run.info.world_size / step_tokens
+            loss = loss + out.token_loss * run.info.world_size / max(1.0, step_tokens)
+        if not math.isfinite(float(loss.detach())):  # still run backward: under DDP every rank must
+            bad_loss = float(loss.detach())
         loss.backward()
         window.add(out, policy)
         run.state.micro_step += 1
         run.state.tokens_seen += batch.num_tokens
+    if dist.all_reduce_sum(torch.tensor(float(bad_loss is not None), device=run.device)).item():
+        value = "not finite on another rank" if bad_loss is None else bad_loss
+        raise DpokitError(
+            f"step {run.state.step + 1}: the loss is {value}; the run is stopped before the update, and the "
+            "last checkpoint is intact. Lower --lr or --beta, or use --precision fp32.")
     params = [p for p in run.policy.parameters() if p.requires_grad]
     max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
@@ -266,6 +304,7 @@ def train_step(run: Run, window: MetricSums) -> float:
     run.optimizer.zero_grad(set_to_none=True)
     run.state.step += 1
     run.state.stream = run.stream.state()
+    run.reference.on_step(run.state.step)  # TR-DPO's reference refresh, when configured
     return grad_norm
 
 
@@ -276,9 +315,11 @@ def evaluate(run: Run) -> dict[str, float]:
     sums = MetricSums()
     mine = run.eval_pairs[run.info.rank :: run.info.world_size]
     for start in range(0, len(mine), run.config.train.batch_size):
-        batch = run.batch(mine[start : start + run.config.train.batch_size])
-        policy, reference = run.forward(batch)
-        out = run.loss.fn(loss_inputs(policy, reference, run.config.loss.beta), run.config.loss)
+        pairs = mine[start : start + run.config.train.batch_size]
+        batch = run.batch(pairs)
+        policy, reference = run.forward(batch, pairs)
+        beta = beta_at(run.config.loss.beta, run.config.loss.beta_schedule, run.state.step, run.total_steps)
+        out = run.loss.fn(loss_inputs(policy, reference, beta), run.config.loss)
         sums.add(out, policy)
     run.policy.train()
     return sums.means(prefix="eval_")
@@ -290,7 +331,7 @@ def save_model(run: Run, path: Path) -> None:
         return
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    run.policy.save_pretrained(tmp, safe_serialization=True)
+    save_policy(run.policy, tmp, run.tokenizer)  # with LoRA: the merged model, and the adapter in adapter/
     run.tokenizer.save_pretrained(tmp)
     run.config.save(tmp / "dpokit_config.yaml")
     (tmp / "trainer_state.json").write_text(json.dumps(
@@ -317,6 +358,7 @@ def train(config: Config, demo: bool = False) -> Path:
     if run.eval_pairs and cfg.train.eval_on_start:
         run.log.log({"step": 0, **evaluate(run)})
     window, window_start, window_tokens = MetricSums(), time.perf_counter(), run.state.tokens_seen
+    diagnostics = Diagnostics(run.total_steps, warmup_steps(cfg, run.total_steps), cfg.loss.beta, run.log.print)
     try:
         while run.state.step < run.total_steps:
             grad_norm = train_step(run, window)
@@ -328,8 +370,10 @@ def train(config: Config, demo: bool = False) -> Path:
                        "learning_rate": run.scheduler.get_last_lr()[0],
                        "epoch": round(run.stream.epoch + run.stream.position / max(1, len(run.stream._order())), 4),
                        "num_tokens": run.state.tokens_seen,
-                       "tokens_per_second": (run.state.tokens_seen - window_tokens) * run.info.world_size / elapsed}
+                       "tokens_per_second": (run.state.tokens_seen - window_tokens) * run.info.world_size / elapsed,
+                       "beta": beta_at(cfg.loss.beta, cfg.loss.beta_schedule, step - 1, run.total_steps)}
                 run.log.log(row)
+                diagnostics.observe(row)
                 window, window_start, window_tokens = MetricSums(), time.perf_counter(), run.state.tokens_seen
             if run.eval_pairs and cfg.train.eval_steps and step % cfg.train.eval_steps == 0 and step != run.total_steps:
                 run.log.log({"step": step, **evaluate(run)})

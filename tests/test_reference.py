@@ -1,0 +1,194 @@
+"""Reference strategies (reference.py): every strategy gives the same first-step loss, rewards and
+reference log-probs on the same batch; the precomputed cache is reused; TR-DPO's refresh mixes
+the policy into the reference; impossible combinations are refused."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpokit.config import build_config
+from dpokit.errors import ConfigError
+from dpokit.lora import find_peft
+from dpokit.reference import META_KEY, AdapterDisabled, FrozenModel, Precomputed, Reference
+from dpokit.train import MetricSums, loss_inputs, setup, train_step
+
+
+def make_config(out: Path, model: Path | str, **keys):
+    flat = {"model.name_or_path": str(model), "model.precision": "fp32", "model.device": "cpu",
+            "data.sample_size": 6, "data.max_length": 48, "data.tokenized_cache": False,
+            "train.batch_size": 6, "train.steps": 2, "train.lr": 1e-3, "train.warmup_steps": 0,
+            "output.dir": str(out), "output.progress": False, "output.save_steps": 0}
+    flat.update(keys)
+    return build_config(flat)
+
+
+def lora_deltas(run) -> dict[str, torch.Tensor]:
+    """Give the LoRA B matrices seeded random values; returns each adapted layer's weight update."""
+    from peft.tuners.lora import LoraLayer
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in sorted(run.policy.named_parameters()):
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+    base = find_peft(run.policy).get_base_model()
+    return {name: m.get_delta_weight("default").detach().clone()
+            for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+
+
+def add_deltas(run, deltas: dict[str, torch.Tensor]) -> None:
+    """The same update on a fully trained policy: W <- W + delta."""
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            run.policy.get_submodule(name).weight.add_(delta)
+
+
+def first_step(run):
+    """Loss, rewards and reference log-probs of the first batch (all pairs, in order)."""
+    pairs = run.train_pairs
+    batch = run.batch(pairs)
+    policy, reference = run.forward(batch, pairs)
+    out = run.loss.fn(loss_inputs(policy, reference, run.config.loss.beta), run.config.loss)
+    return {"loss": out.losses.detach().mean(), "chosen_rewards": out.chosen_rewards,
+            "rejected_rewards": out.rejected_rewards, "reference": reference.logps.detach()}
+
+
+def test_all_strategies_agree_on_the_first_step(tmp_path, llama_dir):
+    # The policy is moved away from the reference by the same update in every run (LoRA's B A, or
+    # the same B A added to the weights), so rewards are non-zero and the check has teeth.
+    lora_keys = {"model.lora": True, "model.lora_r": 4}
+    full, lora = {}, {}
+    deltas = None
+    for name, keys in {
+        "lora": {},
+        "lora+model": {"model.ref_model": str(llama_dir)},
+        "lora+precomputed": {"model.reference": "precomputed"},
+    }.items():
+        run = setup(make_config(tmp_path / name, llama_dir, **lora_keys, **keys))
+        deltas = lora_deltas(run)
+        lora[name] = first_step(run)
+        assert run.reference.name == name.split("+")[-1]
+        assert isinstance(run.reference, AdapterDisabled) == (name == "lora")
+        train_step(run, MetricSums())  # and a real optimizer step runs with it
+    for name, keys in {
+        "copy": {},
+        "model": {"model.ref_model": str(llama_dir)},
+        "precomputed": {"model.reference": "precomputed"},
+        "precomputed+model": {"model.reference": "precomputed", "model.ref_model": str(llama_dir)},
+    }.items():
+        run = setup(make_config(tmp_path / name, llama_dir, **keys))
+        add_deltas(run, deltas)
+        full[name] = first_step(run)
+        assert run.reference.name == name.split("+")[0]
+        train_step(run, MetricSums())
+
+    base = full["copy"]
+    assert base["chosen_rewards"].abs().min() > 1e-3  # policy != reference: real rewards
+    for family, results in (("full", full), ("lora", lora)):
+        first = results[next(iter(results))]
+        for name, got in results.items():  # the same policy: every strategy agrees to fp32 rounding
+            for key in base:
+                torch.testing.assert_close(got[key], first[key], rtol=1e-6, atol=0, msg=f"{family} {name}: {key}")
+    # Across families the reference log-probs agree to rounding as well. The policies differ only
+    # in how the same update is computed (W + BA against W x + B A x), which moves the policy
+    # log-probs by ~1e-6 and so the rewards (beta * (pi - ref)) by ~1e-5 relative.
+    torch.testing.assert_close(lora["lora"]["reference"], base["reference"], rtol=1e-6, atol=0)
+    for key in ("loss", "chosen_rewards", "rejected_rewards"):
+        torch.testing.assert_close(lora["lora"][key], base[key], rtol=2e-4, atol=1e-6, msg=key)
+
+
+def test_untouched_policy_gives_ln2_with_every_strategy(tmp_path, llama_dir):
+    for name, keys in {"lora": {"model.lora": True}, "copy": {}, "precomputed": {"model.reference": "precomputed"}}.items():
+        run = setup(make_config(tmp_path / name, llama_dir, **keys))
+        got = first_step(run)
+        assert got["loss"].item() == pytest.approx(math.log(2), abs=1e-6), name
+        assert got["chosen_rewards"].abs().max().item() < 1e-6
+
+
+def test_precomputed_cache_is_reused_and_keyed_by_the_model(tmp_path, llama_dir, gpt2_dir, dpokit_cache, monkeypatch):
+    import dpokit.reference as reference
+
+    keys = {"model.reference": "precomputed", "data.sample_size": 5}
+    run = setup(make_config(tmp_path / "a", llama_dir, **keys))
+    first = [p.meta[META_KEY] for p in run.train_pairs]
+    files = set((dpokit_cache / "reference").glob("*.safetensors"))
+    assert files
+    assert isinstance(run.reference, Precomputed)
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(run.reference).values())
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the cache should have been read")
+
+    monkeypatch.setattr(reference, "score_pairs", no_pass)
+    again = setup(make_config(tmp_path / "b", llama_dir, **keys))
+    assert [p.meta[META_KEY] for p in again.train_pairs] == first
+    with pytest.raises(AssertionError, match="cache"):  # another reference model: another key
+        setup(make_config(tmp_path / "c", llama_dir, **keys, **{"model.ref_model": str(gpt2_dir)}))
+    with pytest.raises(AssertionError, match="cache"):  # other settings: another key
+        setup(make_config(tmp_path / "d", llama_dir, **keys, **{"data.max_length": 40}))
+
+
+@pytest.mark.parametrize("mix", [1.0, 0.25])
+def test_tr_dpo_refresh_mixes_the_policy_into_the_reference(tmp_path, llama_dir, mix):
+    run = setup(make_config(tmp_path, llama_dir, **{"model.ref_refresh_steps": 2, "model.ref_refresh_mix": mix}))
+    assert isinstance(run.reference, FrozenModel)
+    name = "model.layers.0.mlp.up_proj.weight"
+    ref_param = dict(run.reference.model.named_parameters())[name]
+    pol_param = dict(run.policy.named_parameters())[name]
+    start = ref_param.detach().clone()
+    train_step(run, MetricSums())  # step 1: no refresh yet
+    assert torch.equal(ref_param, start)
+    assert not torch.equal(pol_param, start)
+    train_step(run, MetricSums())  # step 2: ref <- mix * policy + (1 - mix) * ref
+    expected = mix * pol_param.detach() + (1 - mix) * start
+    torch.testing.assert_close(ref_param.detach(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_auto_picks_the_strategy(tmp_path, llama_dir):
+    from dpokit.losses import LOSSES
+    from dpokit.reference import strategy_name
+
+    def pick(**keys):
+        return strategy_name(make_config(tmp_path, llama_dir, **keys), True)
+
+    assert pick() == "copy"
+    assert pick(**{"model.lora": True}) == "lora"
+    assert pick(**{"model.ref_model": "x"}) == "model"
+    assert pick(**{"model.lora": True, "model.ref_model": "x"}) == "model"
+    assert strategy_name(make_config(tmp_path, llama_dir), False) == "none"
+    free = [name for name, spec in LOSSES.items() if not spec.needs_reference]
+    if free:  # a reference-free loss runs with no reference at all
+        run = setup(make_config(tmp_path, llama_dir, **{"loss.loss_type": free[0]}))
+        assert type(run.reference) is Reference
+        assert run.forward(run.batch(run.train_pairs[:2]), run.train_pairs[:2])[1] is None
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"model.reference": "none"}, "needs a reference"),
+    ({"model.lora": True, "model.ref_refresh_steps": 5}, "TR-DPO"),
+    ({"model.reference": "precomputed", "model.ref_refresh_steps": 5}, "TR-DPO"),
+])
+def test_impossible_combinations_are_refused(tmp_path, llama_dir, keys, message):
+    with pytest.raises(ConfigError, match=message):
+        setup(make_config(tmp_path, llama_dir, **keys))
+
+
+@pytest.mark.parametrize("keys, message", [
+    ({"model.reference": "model"}, "needs model.ref_model"),
+    ({"model.reference": "lora"}, "needs LoRA"),
+    ({"model.reference": "copy", "model.load_in_4bit": True}, "cannot be copied"),
+    ({"model.reference": "copy", "model.ref_model": "x"}, "does not use it"),
+    ({"model.ref_refresh_mix": 0.0}, "ref_refresh_mix"),
+])
+def test_bad_reference_settings_are_config_errors(tmp_path, llama_dir, keys, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(tmp_path, llama_dir, **keys)
+
+
+def test_refresh_needs_the_same_architecture(tmp_path, llama_dir, gpt2_dir):
+    with pytest.raises(ConfigError, match="architecture"):
+        setup(make_config(tmp_path, llama_dir, **{"model.ref_model": str(gpt2_dir), "model.ref_refresh_steps": 1}))

@@ -43,9 +43,13 @@ def cmd_train(argv: list[str], command: str = "train") -> int:
 
         sft(config, demo=info["demo"])
         return 0
+    from dpokit import dist
     from dpokit.train import train
 
-    train(config, demo=info["demo"])
+    try:
+        train(config, demo=info["demo"])
+    finally:
+        dist.shutdown()  # under torchrun: all ranks leave together
     return 0
 
 

@@ -51,6 +51,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Wrap ``module`` in DistributedDataParallel when several processes run; else return it."""
+    if not td.is_initialized() or td.get_world_size() == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index or 0] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids)
+
+
 def shutdown() -> None:
     if td.is_initialized():
         td.barrier()  # keeps ranks from exiting mid-collective (ANCHORS.md)

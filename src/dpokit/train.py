@@ -81,6 +81,10 @@ class PairStream:
             self.position += 1
         return out
 
+    def epochs_done(self) -> float:
+        """Passes over this rank's share of the data so far (fractional)."""
+        return self.epoch + self.position / max(1, len(range(self.rank, self.size, self.world_size)))
+
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
 
@@ -184,6 +188,7 @@ class Run:
     precision: str
     tokenizer: Any
     policy: torch.nn.Module
+    scorer: torch.nn.Module  # SequenceScorer(policy), wrapped in DDP under torchrun
     reference: Reference  # where reference log-probs come from (reference.py)
     loss: LossSpec
     train_pairs: list[TokenizedPair]
@@ -202,7 +207,7 @@ class Run:
     def forward(self, batch: PreferenceBatch, pairs: list[TokenizedPair]) -> tuple[SequenceLogps, SequenceLogps | None]:
         """Policy and reference log-probs of ``batch``, which lays out ``pairs``."""
         with autocast(self.precision, self.device):
-            policy = SequenceScorer(self.policy)(batch)
+            policy = self.scorer(batch)
             reference = self.reference.logps(batch, pairs)
         return policy, reference
 
@@ -236,6 +241,7 @@ def setup(config: Config, demo: bool = False) -> Run:
         train_pairs + eval_pairs, log.print)
     if config.model.compile:  # after the reference is copied: the copy stays uncompiled
         compile_decoder(policy)
+    scorer = dist.wrap_ddp(SequenceScorer(policy), device)
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=config.train.lr,
         betas=config.train.adam_betas, weight_decay=config.train.weight_decay,
@@ -257,7 +263,7 @@ def setup(config: Config, demo: bool = False) -> Run:
                   f"precision {precision}, device {device}, {len(train_pairs)} train / {len(eval_pairs)} eval "
                   f"pairs, {steps} steps x {config.train.batch_size * config.train.grad_accum * info.world_size} "
                   f"pairs, loss {loss.name}, reference: {reference.describe()}")
-    return Run(config, info, device, precision, tokenizer, policy, reference, loss, train_pairs, eval_pairs,
+    return Run(config, info, device, precision, tokenizer, policy, scorer, reference, loss, train_pairs, eval_pairs,
                optimizer, scheduler, stream, TrainState(), steps, out_dir, log)
 
 
@@ -368,7 +374,7 @@ def train(config: Config, demo: bool = False) -> Path:
                 elapsed = time.perf_counter() - window_start
                 row = {"step": step, **window.means(), "grad_norm": grad_norm,
                        "learning_rate": run.scheduler.get_last_lr()[0],
-                       "epoch": round(run.stream.epoch + run.stream.position / max(1, len(run.stream._order())), 4),
+                       "epoch": round(run.stream.epochs_done(), 4),
                        "num_tokens": run.state.tokens_seen,
                        "tokens_per_second": (run.state.tokens_seen - window_tokens) * run.info.world_size / elapsed,
                        "beta": beta_at(cfg.loss.beta, cfg.loss.beta_schedule, step - 1, run.total_steps)}

@@ -54,12 +54,16 @@ class Result:
     steady_pairs_per_s: float | None
     tokens_per_s: float
     peak_rss_bytes: int
+    cpu_s: float  # user + system CPU seconds of the process
+    load_before: float  # 1-minute load average of the machine when the case started
     cuda_peak_bytes: int | None
     log: str
 
 
 def dpokit_cases(layouts: bool) -> list[Case]:
     cases = [Case("dpokit (defaults)", "dpokit", [], "TRL (defaults)"),
+             Case("dpokit --gradient-checkpointing true", "dpokit", ["--gradient-checkpointing", "true"],
+                  "TRL (defaults)"),
              Case("dpokit --precision fp32", "dpokit", ["--precision", "fp32"], "TRL fp32, no checkpointing")]
     if layouts:
         for layout in ("padded", "packed", "prefix"):
@@ -75,15 +79,16 @@ TRL_CASES = [
 ]
 
 
-def run_process(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[int, float, int]:
-    """Run ``cmd`` to its end; return (exit code, wall seconds, peak RSS in bytes of the process)."""
+def run_process(cmd: list[str], log_path: Path, env: dict[str, str]) -> tuple[int, float, int, float]:
+    """Run ``cmd`` to its end; return (exit code, wall s, peak RSS bytes, CPU s) of the process."""
     with open(log_path, "w") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, wall, usage.ru_maxrss * 1024  # ru_maxrss is in KiB on Linux
+    # ru_maxrss is in KiB on Linux: the largest resident set the process reached
+    return proc.returncode, wall, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
 
 
 def tokens_per_pair(model_dir: str, data: str, max_length: int) -> float:
@@ -121,7 +126,8 @@ def run_case(case: Case, args: argparse.Namespace, assets: dict[str, str], work:
     cmd += case.flags
     log = work / f"{out.name}.log"
     print(f"running {case.name}: {' '.join(cmd)}", flush=True)
-    code, wall, rss = run_process(cmd, log, env)
+    load = os.getloadavg()[0]
+    code, wall, rss, cpu = run_process(cmd, log, env)
     if code != 0:
         print(f"  failed (exit {code}); the last lines of {log}:\n" + "".join(open(log).readlines()[-15:]))
     extra = json.loads(report.read_text()) if report.exists() else {}
@@ -137,9 +143,9 @@ def run_case(case: Case, args: argparse.Namespace, assets: dict[str, str], work:
         steady = step_rate(extra.get("step_times", []), args.batch_size)
     pairs = args.steps * args.batch_size
     result = Result(case.name, case.tool, case.flags, code, wall, pairs / wall, steady, pairs / wall * tokens, rss,
-                    extra.get("cuda_peak_bytes"), str(log))
+                    cpu, load, extra.get("cuda_peak_bytes"), str(log))
     print(f"  {wall:.1f} s, {result.pairs_per_s:.2f} pairs/s, steady {steady or float('nan'):.2f} pairs/s, "
-          f"peak RSS {rss / 2**30:.2f} GiB", flush=True)
+          f"peak RSS {rss / 2**30:.2f} GiB, {cpu:.0f} CPU s, load before {load:.2f}", flush=True)
     return result
 
 
@@ -164,7 +170,7 @@ def machine() -> str:
 def markdown(results: list[Result], cases: dict[str, Case], header: str) -> str:
     by_name = {r.name: r for r in results}
     gpu = any(r.cuda_peak_bytes for r in results)
-    cols = ["case", "wall s", "pairs/s", "steady pairs/s", "tokens/s", "peak RSS GiB"]
+    cols = ["case", "wall s", "CPU s", "pairs/s", "steady pairs/s", "tokens/s", "peak RSS GiB"]
     cols += ["peak GPU GiB"] if gpu else []
     cols += ["vs TRL pairs/s", "vs TRL RSS"]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -174,6 +180,7 @@ def markdown(results: list[Result], cases: dict[str, Case], header: str) -> str:
         memory = f"{r.peak_rss_bytes / base.peak_rss_bytes:.2f}x" if base and base.returncode == 0 else ""
         steady = f"{r.steady_pairs_per_s:.2f}" if r.steady_pairs_per_s else "-"
         row = [r.name + ("" if r.returncode == 0 else f" (failed, exit {r.returncode})"), f"{r.wall_s:.1f}",
+               f"{r.cpu_s:.0f}",
                f"{r.pairs_per_s:.2f}", steady, f"{r.tokens_per_s:.0f}", f"{r.peak_rss_bytes / 2**30:.2f}"]
         row += [f"{(r.cuda_peak_bytes or 0) / 2**30:.2f}"] if gpu else []
         lines.append("| " + " | ".join(row + [speed, memory]) + " |")
@@ -204,8 +211,8 @@ def main() -> int:
     tokens = tokens_per_pair(assets["model"], assets["data"], args.max_length)
     cases = [] if args.only == "trl" else dpokit_cases(args.layouts)
     if args.only != "dpokit":
-        if args.trl_python:
-            cases = TRL_CASES + cases
+        if args.trl_python:  # each TRL case right before the dpokit cases compared with it
+            cases = [c for trl in TRL_CASES for c in [trl] + [d for d in cases if d.baseline == trl.name]]
         else:
             print("TRL cases skipped: set DPOKIT_BENCH_TRL_PYTHON to the Python of an environment with trl "
                   "installed (e.g. python3 -m venv /work/trl-venv && /work/trl-venv/bin/pip install trl)")

@@ -51,8 +51,12 @@ def main() -> None:
     dataset = load_dataset("json", data_files=args.data, split="train")
     trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                          callbacks=[StepClock()])
+    shapes: list[list[int]] = []  # (rows, width) of each batch the policy sees in training
+    trainer.model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(list(kwargs["input_ids"].shape)) if module.training else None,
+        with_kwargs=True)
     trainer.train()
-    report = {"step_times": step_times, "bf16": config.bf16,
+    report = {"step_times": step_times, "bf16": config.bf16, "batch_shapes": shapes,
               "gradient_checkpointing": config.gradient_checkpointing}
     if torch.cuda.is_available():
         report["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()

@@ -16,7 +16,7 @@ HH_RLHF = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / 
 
 def test_padded_by_hand():
     pairs = [TokenizedPair([10, 11], [20, 21], [30]), TokenizedPair([12], [22], [31, 32, 33])]
-    b = collate(pairs, "padded", PAD)
+    b = collate(pairs, "padded", PAD, multiple=1)
     assert b.input_ids.tolist() == [[10, 11, 20, 21], [12, 22, 0, 0], [10, 11, 30, 0], [12, 31, 32, 33]]
     assert b.attention_mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
     # token at row r, position p is predicted by the logits at r * T + p - 1 (T = 4)
@@ -24,10 +24,24 @@ def test_padded_by_hand():
     assert scored == [(0, 1, 20), (0, 2, 21), (1, 4, 22), (2, 9, 30), (3, 12, 31), (3, 13, 32), (3, 14, 33)]
     assert b.completion_tokens.tolist() == [2, 1, 1, 3]
     assert b.num_tokens == 13 and b.num_pairs == 2
+    assert b.position_ids.tolist() == [[0, 1, 2, 3], [0, 1, 0, 0], [0, 1, 2, 0], [0, 1, 2, 3]]  # pads at 0
+
+
+def test_widths_rounded_up():
+    """Packing layouts round rows up to 64 tokens and use the room for more blocks."""
+    pairs = [TokenizedPair([10] * 30, [20] * 5, [30] * 3), TokenizedPair([12] * 10, [22] * 4, [31] * 6)]
+    assert collate(pairs, "padded", PAD).input_ids.shape == (4, 35)  # padded: the longest row, unless asked
+    padded = collate(pairs, "padded", PAD, multiple=64)
+    assert padded.input_ids.shape == (4, 64) and padded.num_tokens == 35 + 33 + 14 + 16
+    packed = collate(pairs, "packed", PAD)
+    assert packed.input_ids.shape == (2, 64)  # 35 + 16, then 33 + 14
+    prefix = collate(pairs, "prefix", PAD)
+    assert prefix.input_ids.shape == (1, 64) and prefix.num_tokens == 38 + 20
+    assert int(prefix.position_ids[0, 58:].abs().sum()) == 0
 
 
 def test_prefix_by_hand():
-    b = collate([TokenizedPair([10, 11], [20, 21], [30, 31])], "prefix", PAD)
+    b = collate([TokenizedPair([10, 11], [20, 21], [30, 31])], "prefix", PAD, multiple=1)
     assert b.input_ids.tolist() == [[10, 11, 20, 21, 30, 31]]
     assert b.position_ids.tolist() == [[0, 1, 2, 3, 2, 3]]  # rejected continues from the prompt's end
     allowed = b.attention_mask[0].int().tolist()
@@ -47,7 +61,7 @@ def test_prefix_by_hand():
 
 def test_packed_by_hand():
     pairs = [TokenizedPair([10, 11], [20, 21], [30]), TokenizedPair([12], [22], [31])]
-    b = collate(pairs, "packed", PAD)
+    b = collate(pairs, "packed", PAD, multiple=1)
     # lengths 4, 2, 3, 2 into rows of 4: [4], [3], [2, 2] by first-fit decreasing
     assert b.input_ids.tolist() == [[10, 11, 20, 21], [10, 11, 30, 0], [12, 22, 12, 31]]
     assert b.position_ids.tolist() == [[0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 0, 1]]

@@ -166,3 +166,19 @@ def test_flash_attention_inputs(llama_dir, tiny_tokenizer):
     assert model_inputs(model, padded)["attention_mask"].dim() == 2
     with pytest.raises(ConfigError, match="--layout packed"):
         model_inputs(model, collate(pairs, "prefix", tiny_tokenizer.pad_token_id))
+
+
+def test_compiled_decoder_gives_same_numbers(llama_dir, tiny_tokenizer):
+    """``--compile`` wiring: the decoder traced by dynamo (the eager backend keeps the test fast)."""
+    from dpokit.logps import compile_decoder
+
+    model = load(llama_dir)
+    pairs = random_pairs(len(tiny_tokenizer))
+    batches = [collate(pairs, layout, tiny_tokenizer.pad_token_id) for layout in ("prefix", "packed")]
+    with torch.no_grad():
+        expected = [SequenceScorer(model)(b).logps for b in batches]
+    compile_decoder(model, backend="eager")
+    assert "_orig_mod" not in "".join(model.state_dict())  # parameter names unchanged
+    with torch.no_grad():
+        for batch, want in zip(batches, expected):
+            assert_rel(SequenceScorer(model)(batch).logps, want, 1e-6)

@@ -97,6 +97,7 @@ def test_accumulation_gives_the_same_update(tmp_path, llama_dir):
     for batch, accum in ((4, 1), (2, 2)):
         run = setup_sft(sft_config(tmp_path, llama_dir, data, **{"train.batch_size": batch, "train.grad_accum": accum}))
         run.optimizer = torch.optim.SGD(run.policy.parameters(), lr=1.0)  # the update is the gradient itself
+        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda step: 1.0)
         loss, _ = sft_step(run)
         after.append((loss, [p.detach().clone() for p in run.policy.parameters()]))
     assert after[0][0] == pytest.approx(after[1][0], rel=1e-6)
@@ -182,6 +183,12 @@ def test_preference_data_trains_the_chosen_side(tmp_path):
     config = build_config({"data.path": str(data), "data.eval_fraction": 0.2})
     train, evaluation = load_sft_data(config, lambda _: None)
     assert len(train) == 4 and len(evaluation) == 1
-    by_prompt = {r["prompt"]: r["chosen"] for r in rows}
-    for item in train + evaluation:
-        assert item.chosen == item.rejected == by_prompt[item.prompt]
+    assert {(p.prompt, p.chosen) for p in train + evaluation} == {(r["prompt"], r["chosen"]) for r in rows}
+
+
+def test_preference_pair_trains_exactly_the_chosen_tokens_dpo_scores(tiny_tokenizer):
+    pair = PreferencePair("Explain rain.", " Water falls from clouds.", " No idea.")
+    example = tokenize_item(pair, tiny_tokenizer, 64, None, SFTStats())
+    dpo = tokenize_pair(pair, tiny_tokenizer, 64)
+    assert example.input_ids == dpo.prompt_ids + dpo.chosen_ids
+    assert [t for t, m in zip(example.input_ids, example.mask) if m] == dpo.chosen_ids

@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -222,10 +223,11 @@ def reference_sequence_logps(model: nn.Module, batch: PreferenceBatch) -> torch.
     return plain_sequence_logps(model, batch).logps
 
 
-def compile_decoder(model: nn.Module, dynamic: bool = True) -> nn.Module:
+def compile_decoder(model: nn.Module, dynamic: bool = True, **options: Any) -> nn.Module:
     """Compile the model's decoder in place with ``torch.compile`` (parameter names unchanged).
 
-    Batch shapes change from step to step, so shapes are compiled as dynamic by default.
+    Batch shapes change from step to step, so shapes are compiled as dynamic by default;
+    ``options`` go to ``torch.compile`` (``backend``, ``mode``).
     """
-    unwrap(model).base_model.compile(dynamic=dynamic)
+    unwrap(model).base_model.compile(dynamic=dynamic, **options)
     return model

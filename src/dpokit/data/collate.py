@@ -24,6 +24,12 @@ Layouts:
 
 A block here is the unit laid out contiguously in a row: a whole sequence (``padded``,
 ``packed``) or a prefix-shared pair (``prefix``).
+
+In the packing layouts, row widths are rounded up to a multiple of `WIDTH_MULTIPLE`, and the
+extra room holds more blocks. Kernels cache per-shape state (on CPU, oneDNN and the bf16
+attention kernels keep a few MB per distinct shape for the whole run), so a handful of widths
+instead of a new one every step keeps memory flat. ``padded`` rows keep the longest sequence's
+width unless asked otherwise.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch
 from dpokit.data.pairs import TokenizedPair
 
 LAYOUTS = ("padded", "packed", "prefix")
+WIDTH_MULTIPLE = 64
 
 # Branch of each token inside a block: rejected tokens may not attend to chosen tokens.
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
@@ -119,17 +126,21 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def lay_out(blocks: list[Block], rows: list[list[int]], num_pairs: int, pad_id: int, layout: str,
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def lay_out(blocks: list[Block], rows: list[list[int]], width: int, num_pairs: int, pad_id: int, layout: str,
             block_mask: bool) -> PreferenceBatch:
-    """Place ``blocks`` into ``rows`` (lists of block indices), right-padded to one width.
+    """Place ``blocks`` into ``rows`` (lists of block indices), right-padded to ``width``.
 
     ``block_mask``: build the (R, T, T) mask (several blocks per row, or prefix blocks); else the
-    plain (R, T) padding mask (one sequence per row).
+    plain (R, T) padding mask (one sequence per row). Padding positions get position id 0: they
+    see only padding, and never reach past the model's position table.
     """
-    width = max(sum(len(blocks[i]) for i in row) for row in rows)
     n_rows = len(rows)
     input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)  # (R, T)
-    position_ids = torch.arange(width).repeat(n_rows, 1)  # (R, T); pads keep 0.. (their own "sequence")
+    position_ids = torch.zeros((n_rows, width), dtype=torch.long)  # (R, T)
     segment = torch.full((n_rows, width), -1, dtype=torch.long)  # (R, T) block number in the row, -1 pad
     branch = torch.zeros((n_rows, width), dtype=torch.int8)  # (R, T)
     logit_index, target_ids, seq_index = [], [], []
@@ -152,8 +163,6 @@ def lay_out(blocks: list[Block], rows: list[list[int]], num_pairs: int, pad_id: 
                 target_ids.append(torch.tensor(block.ids[start : start + length])[keep])
                 seq_index.append(torch.full((int(keep.sum()),), seq))
             offset = end
-        if offset < width:  # padding positions count 0, 1, ... like a sequence of their own
-            position_ids[r, offset:] = torch.arange(width - offset)
     if block_mask:
         causal = torch.ones(width, width, dtype=torch.bool).tril()  # (T, T)
         same_block = segment[:, :, None] == segment[:, None, :]  # (R, T, T); pads see pads (never NaN)
@@ -174,37 +183,42 @@ def lay_out(blocks: list[Block], rows: list[list[int]], num_pairs: int, pad_id: 
     )
 
 
-def collate_padded(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
+def collate_padded(pairs: list[TokenizedPair], pad_id: int, multiple: int = 1) -> PreferenceBatch:
     """Lay out B pairs as 2B right-padded rows: chosen rows first, then rejected rows."""
     b = len(pairs)
     blocks = [sequence_block(p.prompt_ids, p.chosen_ids, i) for i, p in enumerate(pairs)]
     blocks += [sequence_block(p.prompt_ids, p.rejected_ids, b + i) for i, p in enumerate(pairs)]
-    return lay_out(blocks, [[i] for i in range(2 * b)], b, pad_id, "padded", block_mask=False)
+    width = round_up(max(len(x) for x in blocks), multiple)
+    return lay_out(blocks, [[i] for i in range(2 * b)], width, b, pad_id, "padded", block_mask=False)
 
 
-def collate_packed(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
+def _packed(blocks: list[Block], num_pairs: int, pad_id: int, layout: str, multiple: int) -> PreferenceBatch:
+    lengths = [len(x) for x in blocks]
+    width = round_up(max(lengths), multiple)
+    return lay_out(blocks, pack_rows(lengths, width), width, num_pairs, pad_id, layout, block_mask=True)
+
+
+def collate_packed(pairs: list[TokenizedPair], pad_id: int, multiple: int = WIDTH_MULTIPLE) -> PreferenceBatch:
     """Lay out the 2B sequences end to end, several to a row, with a block-diagonal causal mask."""
     b = len(pairs)
     blocks = [sequence_block(p.prompt_ids, p.chosen_ids, i) for i, p in enumerate(pairs)]
     blocks += [sequence_block(p.prompt_ids, p.rejected_ids, b + i) for i, p in enumerate(pairs)]
-    lengths = [len(x) for x in blocks]
-    return lay_out(blocks, pack_rows(lengths, max(lengths)), b, pad_id, "packed", block_mask=True)
+    return _packed(blocks, b, pad_id, "packed", multiple)
 
 
-def collate_prefix(pairs: list[TokenizedPair], pad_id: int) -> PreferenceBatch:
+def collate_prefix(pairs: list[TokenizedPair], pad_id: int, multiple: int = WIDTH_MULTIPLE) -> PreferenceBatch:
     """One ``[prompt][chosen][rejected]`` block per pair (prompt computed once), packed into rows."""
     b = len(pairs)
-    blocks = [prefix_block(p, i, b + i) for i, p in enumerate(pairs)]
-    lengths = [len(x) for x in blocks]
-    return lay_out(blocks, pack_rows(lengths, max(lengths)), b, pad_id, "prefix", block_mask=True)
+    return _packed([prefix_block(p, i, b + i) for i, p in enumerate(pairs)], b, pad_id, "prefix", multiple)
 
 
-def collate(pairs: list[TokenizedPair], layout: str, pad_id: int) -> PreferenceBatch:
-    """Lay out ``pairs`` in ``layout`` (one of `LAYOUTS`)."""
+def collate(pairs: list[TokenizedPair], layout: str, pad_id: int, multiple: int | None = None) -> PreferenceBatch:
+    """Lay out ``pairs`` in ``layout`` (one of `LAYOUTS`); rows a multiple of ``multiple`` tokens
+    wide (None: the layout's default)."""
     if layout == "padded":
-        return collate_padded(pairs, pad_id)
+        return collate_padded(pairs, pad_id, multiple or 1)
     if layout == "packed":
-        return collate_packed(pairs, pad_id)
+        return collate_packed(pairs, pad_id, multiple or WIDTH_MULTIPLE)
     if layout == "prefix":
-        return collate_prefix(pairs, pad_id)
+        return collate_prefix(pairs, pad_id, multiple or WIDTH_MULTIPLE)
     raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")

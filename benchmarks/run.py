@@ -62,9 +62,11 @@ class Result:
 
 def dpokit_cases(layouts: bool) -> list[Case]:
     cases = [Case("dpokit (defaults)", "dpokit", [], "TRL (defaults)"),
-             Case("dpokit --gradient-checkpointing true", "dpokit", ["--gradient-checkpointing", "true"],
+             Case("dpokit --gradient-checkpointing false", "dpokit", ["--gradient-checkpointing", "false"],
                   "TRL (defaults)"),
-             Case("dpokit --precision fp32", "dpokit", ["--precision", "fp32"], "TRL fp32, no checkpointing")]
+             Case("dpokit --precision fp32", "dpokit", ["--precision", "fp32"], "TRL fp32, no checkpointing"),
+             Case("dpokit --precision fp32 --gradient-checkpointing false", "dpokit",
+                  ["--precision", "fp32", "--gradient-checkpointing", "false"], "TRL fp32, no checkpointing")]
     if layouts:
         for layout in ("padded", "packed", "prefix"):
             cases.append(Case(f"dpokit --layout {layout}", "dpokit", ["--layout", layout], "TRL (defaults)"))

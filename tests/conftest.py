@@ -68,3 +68,14 @@ def llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def gpt2_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     return make_random_model("gpt2", tmp_path_factory.mktemp("gpt2"), tiny_tokenizer)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from more threads, and lose much when other processes hold the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

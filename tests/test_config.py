@@ -32,8 +32,10 @@ def test_underscores_equals_and_dotted_names():
 
 
 def test_boolean_flag_without_value():
-    config, _, _ = resolve(["--data", "x.jsonl", "--gradient-checkpointing"])
-    assert config.model.gradient_checkpointing is True
+    config, _, _ = resolve(["--data", "x.jsonl", "--compile"])
+    assert config.model.compile is True
+    config, _, _ = resolve(["--data", "x.jsonl", "--gradient-checkpointing", "false"])
+    assert config.model.gradient_checkpointing is False
 
 
 def test_unknown_flag_names_closest_match():

@@ -12,18 +12,11 @@ import torch
 
 from dpokit.data.collate import LAYOUTS, collate
 from dpokit.logps import SequenceScorer
+from dpokit.models import enable_checkpointing
 
 HH_RLHF = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-pytestmark = pytest.mark.skipif(not HH_RLHF.is_file(), reason="the shared HH-RLHF sample is not here")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and lose much when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.skipif(not HH_RLHF.is_file(), reason="the shared HH-RLHF sample is not here"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +61,7 @@ def test_layouts_match_padded_with_gradient_checkpointing(llama_dir, hh_pairs, t
 
     model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
     plain = scores_and_grads(model, collate(hh_pairs, "prefix", tiny_tokenizer.pad_token_id))
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_checkpointing(model)
     model.train()
     check_layouts(model, hh_pairs, tiny_tokenizer.pad_token_id)
     again = scores_and_grads(model, collate(hh_pairs, "prefix", tiny_tokenizer.pad_token_id))

@@ -11,14 +11,7 @@ from dpokit.data.pairs import TokenizedPair
 from dpokit.errors import ConfigError
 from dpokit.logps import SequenceScorer, head_matches_forward, model_inputs, plain_sequence_logps
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and lose much when other processes hold the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_pairs(vocab: int, seed: int = 0) -> list[TokenizedPair]:

@@ -125,8 +125,7 @@ def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
         raise ConfigError(_load_hint(base or source, e)) from None
     disable_dropout(model)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_checkpointing(model)
     if cfg.load_in_4bit:
         keep_4bit_layout(model)
         return model  # placed by device_map; 4-bit models refuse .to()
@@ -240,3 +239,11 @@ def build_tiny_model(path: Path, warmup_steps: int = 300, seed: int = 0) -> None
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Turn on activation (gradient) checkpointing, non-reentrant, under either transformers name."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -394,7 +394,7 @@ def sft(config: Config, demo: bool = False) -> Path:
                 elapsed = time.perf_counter() - window_start
                 run.log.log({"step": step, "loss": loss, "grad_norm": grad_norm,
                              "learning_rate": run.scheduler.get_last_lr()[0],
-                             "epoch": round(run.stream.epoch + run.stream.position / max(1, len(run.stream._order())), 4),
+                             "epoch": round(run.stream.epochs_done(), 4),
                              "num_tokens": run.state.tokens_seen,
                              "tokens_per_second": (run.state.tokens_seen - window_tokens) * run.info.world_size / elapsed})
                 window_start, window_tokens = time.perf_counter(), run.state.tokens_seen

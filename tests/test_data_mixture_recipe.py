@@ -118,6 +118,7 @@ warmup_ratio: 0.1
 """
 
 
+@pytest.mark.skipif(not HH_RLHF.is_file(), reason="the shared HH-RLHF sample is not here")
 def test_handbook_recipe_runs_as_is(tmp_path, tiny_dir, capsys):
     a = source(tmp_path / "a.jsonl", "A", 20)
     out = tmp_path / "run"

@@ -71,18 +71,39 @@ def test_negative_margin_warns_after_three_windows():
 
 def test_chosen_logps_falling():
     diag, _ = diagnostics()
-    # rewards/chosen / beta: 0, -0.5, -1.5, -2, -3 nats: more than 1 below the start from step 20 on
-    rows = [row(1, 0.693, 0.0, 0.0), row(10, 0.6, 0.2, -0.05), row(20, 0.5, 0.4, -0.15), row(30, 0.45, 0.5, -0.2),
-            row(40, 0.4, 0.6, -0.3), row(50, 0.35, 0.7, -0.4)]
+    # rewards/chosen / beta over 10-token answers: 0, -0.05, -0.15, -0.2, -0.3 nats per token:
+    # more than 0.1 below the start from step 20 on
+    rows = [row(s, loss, margin, chosen, **{"tokens/chosen": 10.0}) for s, loss, margin, chosen in (
+        (1, 0.693, 0.0, 0.0), (10, 0.6, 0.2, -0.05), (20, 0.5, 0.4, -0.15), (30, 0.45, 0.5, -0.2),
+        (40, 0.4, 0.6, -0.3), (50, 0.35, 0.7, -0.4))]
     fired = feed(diag, rows)
     assert [s for s, _ in fired] == [40]
     assert "--rpo-alpha" in fired[0][1]
+    # The same summed drop over 100-token answers is 10x smaller per token: no warning.
+    diag, _ = diagnostics()
+    assert feed(diag, [{**r, "tokens/chosen": 100.0} for r in rows]) == []
+
+
+def test_chosen_drop_of_per_token_rewards_ignores_lengths():
+    diag, _ = diagnostics()
+    diag.per_token = True  # reference-free losses log beta x per-token means
+    rows = [row(s, 0.6, 0.5, chosen, **{"tokens/chosen": 100.0}) for s, chosen in (
+        (1, 0.0), (10, -0.005), (20, -0.015), (30, -0.02), (40, -0.03))]  # -0.15 nat/token at step 20
+    assert [s for s, _ in feed(diag, rows)] == [40]
 
 
 def test_chosen_drop_uses_the_logged_beta():
-    diag, _ = diagnostics(beta=0.1)  # with a beta schedule the row's beta counts: 0.3 / 0.5 = 0.6 nats
-    rows = [row(1, 0.693, 0.0, 0.0)] + [row(s, 0.6, 0.5, -0.3, beta=0.5) for s in (10, 20, 30, 40)]
+    diag, _ = diagnostics(beta=0.1)  # with a beta schedule the row's beta counts: 0.3 / 0.5 / 10 = 0.06
+    rows = [row(1, 0.693, 0.0, 0.0, **{"tokens/chosen": 10.0})]
+    rows += [row(s, 0.6, 0.5, -0.3, beta=0.5, **{"tokens/chosen": 10.0}) for s in (10, 20, 30, 40)]
     assert feed(diag, rows) == []
+
+
+def test_rewards_per_token_follows_the_loss():
+    from dpokit.losses import rewards_per_token
+
+    assert not rewards_per_token("sigmoid") and rewards_per_token("ipo") and rewards_per_token("simpo")
+    assert not rewards_per_token("ipo", "sum") and rewards_per_token("orpo,sft")
 
 
 def test_loss_rising():

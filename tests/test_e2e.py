@@ -99,3 +99,19 @@ def test_weights_continue_from_an_earlier_output(trained, tmp_path):
     for name, tensor in run.policy.state_dict().items():
         assert torch.equal(tensor, earlier[name]), name
     run.log.close()
+
+
+@pytest.mark.parametrize("flags, has_nll", [(["--loss-type", "orpo"], True), (["--rpo-alpha", "1.0"], True),
+                                            (["--loss-type", "sft"], True), ([], False)])
+def test_logged_loss_includes_the_token_term(tmp_path, tiny_dir, flags, has_nll):
+    """``loss`` is what the step minimises: pair loss + the token-averaged NLL term, which is also
+    logged alone as ``nll_loss``."""
+    data = tmp_path / "pairs.jsonl"
+    assert main(["data", "sample", "--output", str(data), "--n", "8"]) == 0
+    assert main(["train", "--data", str(data), "--model", str(tiny_dir), "--steps", "1", "--batch-size", "4",
+                 "--precision", "fp32", "--progress", "false", "--output", str(tmp_path / "out"), *flags]) == 0
+    row = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    assert ("nll_loss" in row) == has_nll
+    if has_nll:
+        assert row["nll_loss"] > 0.05  # NLL per chosen token of the (warmed-up) tiny model
+        assert row["loss"] >= row["nll_loss"]

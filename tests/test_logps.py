@@ -153,8 +153,11 @@ def test_flash_attention_inputs(llama_dir, tiny_tokenizer):
     model.config._attn_implementation = "flash_attention_2"
     pairs = random_pairs(len(tiny_tokenizer))
     packed = collate(pairs, "packed", tiny_tokenizer.pad_token_id)
+    assert packed.input_ids.shape[0] > 1  # several rows: they must reach the kernel as one
     inputs = model_inputs(model, packed)
-    assert inputs["attention_mask"] is None and torch.equal(inputs["position_ids"], packed.position_ids)
+    assert inputs["attention_mask"] is None
+    assert torch.equal(inputs["input_ids"], packed.input_ids.reshape(1, -1))
+    assert torch.equal(inputs["position_ids"], packed.position_ids.reshape(1, -1))
     padded = collate(pairs, "padded", tiny_tokenizer.pad_token_id)
     assert model_inputs(model, padded)["attention_mask"].dim() == 2
     with pytest.raises(ConfigError, match="--layout packed"):
@@ -175,3 +178,40 @@ def test_compiled_decoder_gives_same_numbers(llama_dir, tiny_tokenizer):
     with torch.no_grad():
         for batch, want in zip(batches, expected):
             assert_rel(SequenceScorer(model)(batch).logps, want, 1e-6)
+
+
+@pytest.mark.parametrize("config, max_length, expected", [
+    ({"model_type": "mistral", "sliding_window": 8}, 128, "padded"),  # the window would be lost
+    ({"model_type": "mistral", "sliding_window": 4096}, 128, "prefix"),  # never bites at this length
+    ({"model_type": "qwen2", "sliding_window": 8, "use_sliding_window": False}, 128, "prefix"),
+    ({"model_type": "falcon", "alibi": True}, 128, "padded"),
+    ({"model_type": "llama"}, 128, "prefix"),
+])
+def test_layout_falls_back_where_the_mask_would_change_attention(config, max_length, expected):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from dpokit.logps import layout_for
+
+    kind = config.pop("model_type")
+    tiny = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+            "num_hidden_layers": 1, "num_key_value_heads": 2}
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(kind, **tiny, **config))
+    layout, why = layout_for(model, "prefix", max_length)
+    assert layout == expected
+    assert (why is None) == (expected == "prefix")
+
+
+def test_sliding_window_is_why_prefix_would_differ(tiny_tokenizer):
+    """The reason for the fallback: with a window shorter than the sequences, the packing
+    layouts' own mask (no window) gives other numbers than the model's padded attention."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2,
+                                             sliding_window=4, attn_implementation="eager")).eval()
+    pairs = random_pairs(len(tiny_tokenizer))
+    with torch.no_grad():
+        padded = SequenceScorer(model)(collate(pairs, "padded", tiny_tokenizer.pad_token_id)).logps
+        prefix = SequenceScorer(model)(collate(pairs, "prefix", tiny_tokenizer.pad_token_id)).logps
+    assert not torch.allclose(padded, prefix, rtol=1e-4)

@@ -15,7 +15,7 @@ from dpokit.data.samples import sample_pairs
 from dpokit.data.tokenize import tokenize_pair
 from dpokit.errors import DataError
 from dpokit.lora import ADAPTER_DIR
-from dpokit.sft import SFTStats, encode_conversation, setup_sft, sft_step, tokenize_item
+from dpokit.sft import SFTStats, TokenMeans, encode_conversation, setup_sft, sft_step, tokenize_item
 
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
                  "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
@@ -98,8 +98,9 @@ def test_accumulation_gives_the_same_update(tmp_path, llama_dir):
         run = setup_sft(sft_config(tmp_path, llama_dir, data, **{"train.batch_size": batch, "train.grad_accum": accum}))
         run.optimizer = torch.optim.SGD(run.policy.parameters(), lr=1.0)  # the update is the gradient itself
         run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda step: 1.0)
-        loss, _ = sft_step(run)
-        after.append((loss, [p.detach().clone() for p in run.policy.parameters()]))
+        window = TokenMeans()
+        sft_step(run, window)
+        after.append((window.means()["loss"], [p.detach().clone() for p in run.policy.parameters()]))
     assert after[0][0] == pytest.approx(after[1][0], rel=1e-6)
     for a, b in zip(after[0][1], after[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -50,3 +52,26 @@ def test_auto_precision_on_cpu_follows_the_cpu_flags():
     assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "fp32")
     assert resolve_precision("fp32", cpu) == "fp32"
     assert resolve_precision("fp16", cpu) == "fp16"
+
+
+def test_no_dropout_anywhere_in_policy_or_reference(tmp_path, tiny_tokenizer):
+    """Attention dropout (a float rate Llama passes to SDPA) is off too, not only nn.Dropout layers;
+    the frozen reference is in eval mode without gradients."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dpokit.config import ModelConfig
+    from dpokit.models import load_policy
+    from dpokit.reference import FrozenModel
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                 attention_dropout=0.5)).save_pretrained(tmp_path / "m")
+    policy = load_policy(ModelConfig(name_or_path=str(tmp_path / "m"), precision="fp32"), torch.device("cpu"))
+    policy.train()
+    ids = torch.randint(3, len(tiny_tokenizer), (2, 24))
+    torch.testing.assert_close(policy(ids).logits, policy(ids).logits, rtol=0, atol=0)
+    assert policy.config.attention_dropout == 0.5  # the saved config keeps the model's own setting
+
+    reference = FrozenModel(copy.deepcopy(policy), "copy")
+    assert not reference.model.training
+    assert not any(p.requires_grad for p in reference.model.parameters())

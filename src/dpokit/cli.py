@@ -38,16 +38,17 @@ def cmd_train(argv: list[str], command: str = "train") -> int:
         what = "SFT on the chosen answers of the sample pairs" if command == "sft" else "the built-in demo"
         print(f"no --data given: running {what} (sample pairs, tiny model); "
               f"`dpokit {command} --help` shows every option", flush=True)
-    if command == "sft":
-        from dpokit.sft import sft
-
-        sft(config, demo=info["demo"])
-        return 0
     from dpokit import dist
-    from dpokit.train import train
 
     try:
-        train(config, demo=info["demo"])
+        if command == "sft":
+            from dpokit.sft import sft
+
+            sft(config, demo=info["demo"])
+        else:
+            from dpokit.train import train
+
+            train(config, demo=info["demo"])
     finally:
         dist.shutdown()  # under torchrun: all ranks leave together
     return 0

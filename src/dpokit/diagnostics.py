@@ -11,9 +11,10 @@ and their thresholds (all in logged rows, so they scale with ``logging_steps``):
   exact start value.
 * **Reward margin turning negative**: ``rewards/margins`` below its first logged value (0 for losses
   with a reference) in ``negative_rows`` (3) logged rows in a row.
-* **Chosen log-probs falling**: ``rewards/chosen / beta`` (the chosen answers' log-prob relative to
-  the reference, or the per-token mean log-prob for reference-free losses) more than
-  ``chosen_drop`` (1 nat) below its first logged value in ``negative_rows`` (3) rows in a row.
+* **Chosen log-probs falling**: the chosen answers' log-prob per token, relative to the
+  reference (``rewards/chosen / beta / tokens/chosen``; for reference-free losses, whose rewards
+  are per-token means already, ``rewards/chosen / beta``), more than ``chosen_drop`` (0.1 nat per
+  token) below its first logged value in ``negative_rows`` (3) rows in a row.
 * **Loss rising**: the loss went up in ``rising_rows`` (3) windows in a row and ends more than
   ``rise_tolerance`` (0.05, times the lowest loss when that is above 1) above the lowest loss so far.
 
@@ -39,7 +40,8 @@ class Diagnostics:
     stuck_rows: int = 5
     stuck_tolerance: float = 0.01
     negative_rows: int = 3
-    chosen_drop: float = 1.0
+    per_token: bool = False  # rewards are per-token means (reference-free losses, IPO), not sums
+    chosen_drop: float = 0.1
     rising_rows: int = 3
     rise_tolerance: float = 0.05
     rows: list[dict[str, float]] = field(default_factory=list)
@@ -51,6 +53,7 @@ class Diagnostics:
             return []
         keys = ("step", "loss", "rewards/margins", "rewards/chosen")
         values = {k: row.get(k) for k in keys}
+        values["tokens"] = 1.0 if self.per_token else row.get("tokens/chosen", 1.0)
         if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values.values()):
             return []
         values["beta"] = float(row.get("beta") or self.beta)
@@ -102,13 +105,13 @@ class Diagnostics:
 
     def _chosen(self) -> str | None:
         def level(r: dict[str, float]) -> float:
-            return r["rewards/chosen"] / r["beta"]
+            return r["rewards/chosen"] / r["beta"] / max(1.0, r["tokens"])
 
         start = level(self.rows[0])
         recent = self._last(self.negative_rows)
         if recent and all(start - level(r) > self.chosen_drop for r in recent):
             return (f"warning: the chosen answers' log-probs are falling ({start - level(recent[-1]):.2f} nats "
-                    f"below the start at step {recent[-1]['step']}, rewards/chosen "
+                    f"per token below the start at step {recent[-1]['step']}, rewards/chosen "
                     f"{recent[-1]['rewards/chosen']:+.4f}): the margin grows by pushing the rejected answers "
                     "down faster, and the model may forget how to write the good ones. If samples get worse: "
                     "add the chosen answers' NLL (--rpo-alpha 1.0), lower --lr, raise --beta, or start from an "

@@ -62,6 +62,11 @@ def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 
 def shutdown() -> None:
+    """Leave the process group together. DDP wrappers of the finished run are collected first:
+    one freed only at interpreter exit, after the group is gone, can abort the process."""
     if td.is_initialized():
+        import gc
+
+        gc.collect()
         td.barrier()  # keeps ranks from exiting mid-collective (ANCHORS.md)
         td.destroy_process_group()

@@ -88,6 +88,29 @@ def logit_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] 
     return None
 
 
+def layout_for(model: nn.Module, layout: str, max_length: int) -> tuple[str, str | None]:
+    """The layout to use for ``model``, and why it differs from ``layout`` (None when it does not).
+
+    The packing layouts pass their own attention mask, which replaces the model's: a sliding
+    attention window narrower than ``max_length`` would be lost, and ALiBi biases follow token
+    distances in the row, which ``prefix`` rows stretch. Such models get ``padded``.
+    """
+    if layout == "padded":
+        return layout, None
+    config = unwrap(model).config
+    window = getattr(config, "sliding_window", None)
+    if getattr(config, "use_sliding_window", True) is False:  # e.g. Qwen2 configs carry an unused window
+        window = None
+    if window and window < max_length:
+        return "padded", (f"{config.model_type} attends through a sliding window of {window} tokens, shorter "
+                          f"than --max-length {max_length}; layout {layout!r} would drop the window, so "
+                          "--layout padded is used")
+    if getattr(config, "alibi", False) or config.model_type in ("bloom", "mpt"):
+        return "padded", (f"{config.model_type} uses ALiBi position biases, which layout {layout!r} would "
+                          "distort; --layout padded is used")
+    return layout, None
+
+
 def head_matches_forward(model: nn.Module, input_ids: torch.Tensor) -> bool:
     """Whether ``head(decoder(x))`` plus `logit_transform` reproduces the model's own logits.
 
@@ -132,9 +155,10 @@ def model_inputs(model: nn.Module, batch: PreferenceBatch) -> dict[str, torch.Te
     is built in the dtype attention runs in (the autocast dtype under mixed precision).
 
     Flash-attention kernels take no such mask. For ``packed`` batches they do not need one:
-    transformers reads the restarting position ids as sequence boundaries (varlen kernels). This
-    GPU-only path is not exercised by the CPU tests. ``prefix`` batches need their mask, so they
-    are refused there.
+    transformers reads restarting position ids as sequence boundaries (varlen kernels), but only
+    in a batch of one row, so the rows are laid end to end as one ``(1, R*T)`` row (scored
+    positions index the flattened rows either way). This GPU-only path is not exercised by the
+    CPU tests. ``prefix`` batches need their mask, so they are refused there.
     """
     inner = unwrap(model)
     mask = batch.attention_mask
@@ -143,7 +167,8 @@ def model_inputs(model: nn.Module, batch: PreferenceBatch) -> dict[str, torch.Te
             if batch.layout != "packed":
                 raise ConfigError(f"layout {batch.layout!r} needs its attention mask, which flash attention "
                                   "cannot take; use --layout packed or --attn-implementation sdpa")
-            mask = None
+            return {"input_ids": batch.input_ids.reshape(1, -1), "attention_mask": None,
+                    "position_ids": batch.position_ids.reshape(1, -1)}
         else:
             device = mask.device.type
             dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)

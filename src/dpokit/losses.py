@@ -368,6 +368,15 @@ def get_loss(name: str) -> LossSpec:
                     " + ".join(p.summary for p in parts), logps=None, default_beta=parts[0].default_beta)
 
 
+def rewards_per_token(loss_type: str, sequence_logps: str = "auto") -> bool:
+    """Whether the logged rewards of ``loss_type`` come from per-token means (reference-free
+    losses, and losses computed on means) rather than per-sequence sums."""
+    first = LOSSES[loss_names(loss_type)[0]]
+    if not first.needs_reference:
+        return True
+    return (first.logps if sequence_logps == "auto" else sequence_logps) == "mean"
+
+
 # ---- beta schedules -----------------------------------------------------------------------------
 
 BETA_SCHEDULES = ("constant", "linear", "cosine")

@@ -58,10 +58,18 @@ def cache_dir() -> Path:
 
 
 def disable_dropout(model: nn.Module) -> None:
-    """DPO runs without dropout in policy and reference (the reference implementation and TRL)."""
+    """DPO runs without dropout in policy and reference (the reference implementation and TRL).
+
+    Dropout layers get p = 0, and so do the float ``*dropout*`` rates attention modules keep for
+    their kernels (Llama's ``attention_dropout``, passed to SDPA while training). The model's
+    config is left as it is, so the saved model keeps its own settings.
+    """
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
 
 
 def _source(cfg: ModelConfig) -> str:

@@ -19,7 +19,6 @@ B x accumulation K gives the same update as BK x 1. Full fine-tuning or LoRA / Q
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -262,6 +261,7 @@ class SFTRun:
     precision: str
     tokenizer: Any
     policy: torch.nn.Module
+    scorer: torch.nn.Module  # SequenceScorer(policy), wrapped in DDP under torchrun
     train_examples: list[SFTExample]
     eval_examples: list[SFTExample]
     optimizer: torch.optim.Optimizer
@@ -274,17 +274,17 @@ class SFTRun:
 
     def nll(self, examples: list[SFTExample]) -> tuple[torch.Tensor, int, int]:
         """Summed NLL of the trained tokens of ``examples``, their count, and the tokens fed in."""
-        from dpokit.logps import SequenceScorer
         from dpokit.models import autocast
 
         batch = collate_sft(examples, self.tokenizer.pad_token_id).to(self.device)
         with autocast(self.precision, self.device):
-            logps = SequenceScorer(self.policy)(batch)
+            logps = self.scorer(batch)
         return -logps.logps.sum(), int(batch.target_ids.numel()), batch.num_tokens
 
 
 def setup_sft(config: Config, demo: bool = False) -> SFTRun:
     """Data (checked first), tokenizer, policy (full or LoRA) and optimizer of an SFT run."""
+    from dpokit.logps import SequenceScorer
     from dpokit.models import load_policy, load_tokenizer, resolve_device, resolve_precision
     from dpokit.tracking import MetricsLog
     from dpokit.train import PairStream, TrainState, lr_factor, seed_everything, total_steps, warmup_steps
@@ -327,22 +327,22 @@ def setup_sft(config: Config, demo: bool = False) -> SFTRun:
                   f"{len(train_examples)} train / {len(eval_examples)} eval examples, {steps} steps x "
                   f"{config.train.batch_size * config.train.grad_accum * info.world_size} examples")
     stream = PairStream(len(train_examples), config.train.seed, info.rank, info.world_size)
-    return SFTRun(config, info, device, precision, tokenizer, policy, train_examples, eval_examples, optimizer,
-                  scheduler, stream, TrainState(), steps, out_dir, log)
+    scorer = dist.wrap_ddp(SequenceScorer(policy), device)
+    return SFTRun(config, info, device, precision, tokenizer, policy, scorer, train_examples, eval_examples,
+                  optimizer, scheduler, stream, TrainState(), steps, out_dir, log)
 
 
-def sft_step(run: SFTRun) -> tuple[float, float]:
-    """One optimizer step; returns (mean NLL per trained token of the step, gradient norm before clipping)."""
+def sft_step(run: SFTRun, window: TokenMeans) -> float:
+    """One optimizer step, its NLL added to ``window``; returns the gradient norm before clipping."""
     cfg = run.config.train
     micro = [[run.train_examples[i] for i in run.stream.take(cfg.batch_size)] for _ in range(cfg.grad_accum)]
     counts = torch.tensor(float(sum(e.trained_tokens for m in micro for e in m)), dtype=torch.float64)
     step_tokens = float(dist.all_reduce_sum(counts))  # the whole step's trained tokens, all ranks
-    total = 0.0
     for examples in micro:
-        nll, _, fed = run.nll(examples)
+        nll, tokens, fed = run.nll(examples)
         # DDP averages gradients over ranks: scale by world size to keep "sum over the step's tokens".
         (nll * run.info.world_size / step_tokens).backward()
-        total += float(nll.detach())
+        window.add(float(nll.detach()), tokens)
         run.state.micro_step += 1
         run.state.tokens_seen += fed
     params = [p for p in run.policy.parameters() if p.requires_grad]
@@ -355,8 +355,24 @@ def sft_step(run: SFTRun) -> tuple[float, float]:
     run.optimizer.zero_grad(set_to_none=True)
     run.state.step += 1
     run.state.stream = run.stream.state()
-    loss = dist.all_reduce_sum(torch.tensor(total, dtype=torch.float64))
-    return float(loss) / step_tokens, grad_norm
+    return grad_norm
+
+
+class TokenMeans:
+    """Summed NLL and trained-token count over a logging window (or an evaluation); ``means``
+    gives the mean NLL per trained token over all ranks."""
+
+    def __init__(self) -> None:
+        self.nll = 0.0
+        self.tokens = 0
+
+    def add(self, nll: float, tokens: int) -> None:
+        self.nll += nll
+        self.tokens += tokens
+
+    def means(self, prefix: str = "") -> dict[str, float]:
+        nll, tokens = dist.all_reduce_sum(torch.tensor([self.nll, float(self.tokens)], dtype=torch.float64)).tolist()
+        return {f"{prefix}loss": nll / max(1.0, tokens)}
 
 
 @torch.no_grad()
@@ -364,55 +380,20 @@ def evaluate_sft(run: SFTRun) -> dict[str, float]:
     """Mean NLL per trained token over the evaluation examples (``eval_loss``)."""
     run.policy.eval()
     mine = run.eval_examples[run.info.rank :: run.info.world_size]
-    sums = torch.zeros(2, dtype=torch.float64)
+    sums = TokenMeans()
     for start in range(0, len(mine), run.config.train.batch_size):
         nll, tokens, _ = run.nll(mine[start : start + run.config.train.batch_size])
-        sums += torch.tensor([float(nll), tokens], dtype=torch.float64)
+        sums.add(float(nll), tokens)
     run.policy.train()
-    total, tokens = dist.all_reduce_sum(sums).tolist()
-    return {"eval_loss": total / max(1.0, tokens)}
+    return sums.means(prefix="eval_")
 
 
 def sft(config: Config, demo: bool = False) -> Path:
     """Run supervised fine-tuning as configured; returns the directory of the final model."""
-    from tqdm.auto import tqdm
-
-    from dpokit.train import save_model
+    from dpokit.train import fit
 
     run = setup_sft(config, demo)
-    out = config.output
-    progress = tqdm(total=run.total_steps, desc="sft", unit="step", dynamic_ncols=True,
-                    disable=not (run.info.is_main and out.progress))
-    run.log.progress = progress
-    window_start, window_tokens = time.perf_counter(), run.state.tokens_seen
-    try:
-        while run.state.step < run.total_steps:
-            loss, grad_norm = sft_step(run)
-            step = run.state.step
-            progress.update(1)
-            if step == 1 or step % out.logging_steps == 0 or step == run.total_steps:
-                elapsed = time.perf_counter() - window_start
-                run.log.log({"step": step, "loss": loss, "grad_norm": grad_norm,
-                             "learning_rate": run.scheduler.get_last_lr()[0],
-                             "epoch": round(run.stream.epochs_done(), 4),
-                             "num_tokens": run.state.tokens_seen,
-                             "tokens_per_second": (run.state.tokens_seen - window_tokens) * run.info.world_size / elapsed})
-                window_start, window_tokens = time.perf_counter(), run.state.tokens_seen
-            if run.eval_examples and config.train.eval_steps and step % config.train.eval_steps == 0 \
-                    and step != run.total_steps:
-                run.log.log({"step": step, **evaluate_sft(run)})
-            if out.save_steps and step % out.save_steps == 0 and step != run.total_steps:
-                save_model(run, run.out_dir / f"checkpoint-{step}")
-                dist.barrier()
-        if run.eval_examples:
-            run.log.log({"step": run.state.step, **evaluate_sft(run)})
-        final = run.out_dir / "final"
-        save_model(run, final)
-        dist.barrier()
-        if run.info.is_main:
-            run.log.print(f"saved the fine-tuned model to {final}; align it with "
-                          f"`dpokit train --model {final} --data PREFERENCES`")
-        return final
-    finally:
-        progress.close()
-        run.log.close()
+    return fit(run, step=lambda window: sft_step(run, window), new_window=TokenMeans,
+               evaluate=(lambda: evaluate_sft(run)) if run.eval_examples else None, name="sft",
+               done="saved the fine-tuned model to {final}; align it with "
+                    "`dpokit train --model {final} --data PREFERENCES`")

@@ -15,6 +15,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,9 @@ from dpokit.data.pairs import TokenizedPair
 from dpokit.data.sources import load_train_eval
 from dpokit.diagnostics import Diagnostics
 from dpokit.errors import DpokitError
-from dpokit.logps import SequenceLogps, SequenceScorer, compile_decoder
+from dpokit.logps import SequenceLogps, SequenceScorer, compile_decoder, layout_for
 from dpokit.lora import save_policy
-from dpokit.losses import LossInputs, LossOutput, LossSpec, beta_at, get_loss
+from dpokit.losses import LossInputs, LossOutput, LossSpec, beta_at, get_loss, rewards_per_token
 from dpokit.models import (
     autocast,
     base_model_warning,
@@ -143,11 +144,18 @@ def loss_inputs(policy: SequenceLogps, reference: SequenceLogps | None, beta: fl
 
 
 class MetricSums:
-    """Sums of per-pair metrics over a logging window (or an evaluation), averaged on read."""
+    """Sums of per-pair metrics over a logging window (or an evaluation), averaged on read.
+
+    ``loss`` is what the step minimises: the mean pair loss plus, for losses with a token term
+    (ORPO's NLL, ``--rpo-alpha``, ``sft``), that term per chosen completion token, also logged
+    alone as ``nll_loss``.
+    """
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.pairs = 0
+        self.token_loss: float | None = None  # summed token term, None when the loss has none
+        self.chosen_tokens = 0
 
     def add(self, out: LossOutput, policy: SequenceLogps) -> None:
         b = policy.num_pairs
@@ -158,6 +166,8 @@ class MetricSums:
             "rewards/rejected": rejected.sum(),
             "rewards/margins": (chosen - rejected).sum(),
             "rewards/accuracies": (chosen > rejected).float().sum(),
+            "tokens/chosen": policy.tokens[:b].sum(),
+            "tokens/rejected": policy.tokens[b:].sum(),
             "logps/chosen": policy.chosen.detach().sum(),
             "logps/rejected": policy.rejected.detach().sum(),
             "logits/chosen": policy.logits_mean[:b].sum(),
@@ -167,12 +177,21 @@ class MetricSums:
         for name, value in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(value)
         self.pairs += b
+        if out.token_loss is not None:
+            self.token_loss = (self.token_loss or 0.0) + float(out.token_loss.detach())
+            self.chosen_tokens += int(policy.tokens[:b].sum())
 
     def means(self, prefix: str = "") -> dict[str, float]:
-        totals = torch.tensor([*self.sums.values(), float(self.pairs)], dtype=torch.float64)
+        extra = [self.token_loss or 0.0, float(self.chosen_tokens)]
+        totals = torch.tensor([*self.sums.values(), *extra, float(self.pairs)], dtype=torch.float64)
         dist.all_reduce_sum(totals)
         n = max(1.0, float(totals[-1]))
-        return {f"{prefix}{k}": float(v) / n for k, v in zip(self.sums, totals[:-1])}
+        out = {f"{prefix}{k}": float(v) / n for k, v in zip(self.sums, totals[:-3])}
+        if self.token_loss is not None:
+            nll = float(totals[-3]) / max(1.0, float(totals[-2]))
+            out[f"{prefix}loss"] += nll
+            out[f"{prefix}nll_loss"] = nll
+        return out
 
 
 # ---- the run ----------------------------------------------------------------------------------
@@ -235,6 +254,9 @@ def setup(config: Config, demo: bool = False) -> Run:
     precision = resolve_precision(config.model.precision, device)
     policy = load_policy(config.model, device)  # with LoRA / QLoRA adapters when configured
     policy.train()
+    config.data.layout, why = layout_for(policy, config.data.layout, config.data.max_length)
+    if why is not None:
+        log.print(f"note: {why}")
     reference = build_reference(
         config, policy, loss.needs_reference, device, precision,
         lambda pairs: collate(pairs, config.data.layout, tokenizer.pad_token_id).to(device),
@@ -354,45 +376,65 @@ def save_model(run: Run, path: Path) -> None:
 
 def train(config: Config, demo: bool = False) -> Path:
     """Run DPO training as configured; returns the directory of the final model."""
+    run = setup(config, demo)
+    loss = config.loss
+    diagnostics = Diagnostics(run.total_steps, warmup_steps(config, run.total_steps), loss.beta, run.log.print,
+                              per_token=rewards_per_token(loss.loss_type, loss.sequence_logps))
+    return fit(run, step=lambda window: train_step(run, window), new_window=MetricSums,
+               evaluate=(lambda: evaluate(run)) if run.eval_pairs else None, name="train",
+               extra=lambda step: {"beta": beta_at(loss.beta, loss.beta_schedule, step - 1, run.total_steps)},
+               observe=diagnostics.observe, done="saved the aligned model to {final}")
+
+
+def fit(run: Any, step: Callable[[Any], float], new_window: Callable[[], Any],
+        evaluate: Callable[[], dict[str, float]] | None, name: str, done: str,
+        extra: Callable[[int], dict[str, float]] = lambda step: {},
+        observe: Callable[[dict[str, Any]], None] = lambda row: None) -> Path:
+    """The loop shared by DPO (`train`) and SFT (`dpokit.sft`): optimizer steps, logging,
+    evaluation and checkpoints, then the final model.
+
+    ``run`` holds the run's state (`Run`, or SFT's); ``step(window)`` takes one optimizer step,
+    adding its metrics to ``window`` (from ``new_window()``, read with ``window.means()``) and
+    returning the gradient norm before clipping; ``evaluate()`` returns ``eval_*`` metrics;
+    ``extra(step)`` adds fields to each logged row; ``observe(row)`` sees every logged row.
+    """
     from tqdm.auto import tqdm
 
-    run = setup(config, demo)
-    cfg = config
-    progress = tqdm(total=run.total_steps, desc="train", unit="step", dynamic_ncols=True,
+    cfg = run.config
+    progress = tqdm(total=run.total_steps, desc=name, unit="step", dynamic_ncols=True,
                     disable=not (run.info.is_main and cfg.output.progress))
     run.log.progress = progress
-    if run.eval_pairs and cfg.train.eval_on_start:
-        run.log.log({"step": 0, **evaluate(run)})
-    window, window_start, window_tokens = MetricSums(), time.perf_counter(), run.state.tokens_seen
-    diagnostics = Diagnostics(run.total_steps, warmup_steps(cfg, run.total_steps), cfg.loss.beta, run.log.print)
     try:
+        if evaluate and cfg.train.eval_on_start:
+            run.log.log({"step": run.state.step, **evaluate()})
+        window, window_start, window_tokens = new_window(), time.perf_counter(), run.state.tokens_seen
         while run.state.step < run.total_steps:
-            grad_norm = train_step(run, window)
-            step = run.state.step
+            grad_norm = step(window)
+            n = run.state.step
             progress.update(1)
-            if step == 1 or step % cfg.output.logging_steps == 0 or step == run.total_steps:
+            if n == 1 or n % cfg.output.logging_steps == 0 or n == run.total_steps:
                 elapsed = time.perf_counter() - window_start
-                row = {"step": step, **window.means(), "grad_norm": grad_norm,
+                row = {"step": n, **window.means(), "grad_norm": grad_norm,
                        "learning_rate": run.scheduler.get_last_lr()[0],
                        "epoch": round(run.stream.epochs_done(), 4),
                        "num_tokens": run.state.tokens_seen,
                        "tokens_per_second": (run.state.tokens_seen - window_tokens) * run.info.world_size / elapsed,
-                       "beta": beta_at(cfg.loss.beta, cfg.loss.beta_schedule, step - 1, run.total_steps)}
+                       **extra(n)}
                 run.log.log(row)
-                diagnostics.observe(row)
-                window, window_start, window_tokens = MetricSums(), time.perf_counter(), run.state.tokens_seen
-            if run.eval_pairs and cfg.train.eval_steps and step % cfg.train.eval_steps == 0 and step != run.total_steps:
-                run.log.log({"step": step, **evaluate(run)})
-            if cfg.output.save_steps and step % cfg.output.save_steps == 0 and step != run.total_steps:
-                save_model(run, run.out_dir / f"checkpoint-{step}")
+                observe(row)
+                window, window_start, window_tokens = new_window(), time.perf_counter(), run.state.tokens_seen
+            if evaluate and cfg.train.eval_steps and n % cfg.train.eval_steps == 0 and n != run.total_steps:
+                run.log.log({"step": n, **evaluate()})
+            if cfg.output.save_steps and n % cfg.output.save_steps == 0 and n != run.total_steps:
+                save_model(run, run.out_dir / f"checkpoint-{n}")
                 dist.barrier()
-        if run.eval_pairs:
-            run.log.log({"step": run.state.step, **evaluate(run)})
+        if evaluate:
+            run.log.log({"step": run.state.step, **evaluate()})
         final = run.out_dir / "final"
         save_model(run, final)
         dist.barrier()
         if run.info.is_main:
-            run.log.print(f"saved the aligned model to {final}")
+            run.log.print(done.format(final=final))
         return final
     finally:
         progress.close()

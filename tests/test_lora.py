@@ -1,9 +1,13 @@
 """LoRA and QLoRA (lora.py): the adapter-disabled reference seen through the scorer, merged saving
-(loadable by transformers and its pipeline), QLoRA on CPU, and DPO starting from an SFT adapter."""
+(loadable by transformers and its pipeline), QLoRA on CPU, DPO starting from an SFT adapter, and the
+base the saved DPO adapter names."""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,6 +155,63 @@ def test_dpo_from_an_sft_adapter_refers_to_the_sft_model(tmp_path, llama_dir):
         reference = run.forward(batch, pairs)[1].logps
         torch.testing.assert_close(reference, logps(sft_model, batch), rtol=1e-5, atol=1e-4)
         assert (reference - logps(raw_base, batch)).abs().max() > 1e-2  # not the raw base
+
+
+def adapter_config_base(final: Path) -> str:
+    return json.loads((final / ADAPTER_DIR / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def test_dpo_adapter_from_an_sft_adapter_is_correct_on_the_base_it_names(tmp_path, llama_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from dpokit.data.samples import sample_pairs
+    from dpokit.sft import sft
+    from dpokit.train import train
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": " " + r["chosen"]}) + "\n"
+                            for r in sample_pairs(8, 0)), encoding="utf-8")
+    common = {"model.lora": True, "model.lora_r": 4, "model.precision": "fp32", "model.device": "cpu",
+              "data.max_length": 64, "train.batch_size": 4, "train.steps": 2, "train.lr": 1e-2,
+              "output.progress": False, "output.save_steps": 0}
+    sft_final = sft(build_config({**common, "model.name_or_path": str(llama_dir), "data.path": str(data),
+                                  "output.dir": str(tmp_path / "sft")}))
+    dpo_final = train(build_config({**common, "model.name_or_path": str(sft_final / ADAPTER_DIR),
+                                    "data.sample_size": 8, "output.dir": str(tmp_path / "dpo")}))
+
+    base = adapter_config_base(dpo_final)
+    assert Path(base).resolve() == sft_final.resolve()  # the merged SFT model, not the raw base
+    ids = torch.tensor([[1, 5, 17, 200, 42, 9, 311, 2]])
+
+    @torch.no_grad()
+    def token_logps(model) -> torch.Tensor:
+        return model(input_ids=ids).logits.log_softmax(-1)  # (1, T, V)
+
+    def adapter_on(base_dir) -> torch.nn.Module:
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        return PeftModel.from_pretrained(model, str(dpo_final / ADAPTER_DIR)).merge_and_unload()
+
+    expected = token_logps(AutoModelForCausalLM.from_pretrained(dpo_final, dtype=torch.float32))
+    torch.testing.assert_close(token_logps(adapter_on(base)), expected, rtol=0, atol=1e-5)
+    assert (token_logps(adapter_on(llama_dir)) - expected).abs().max() > 1e-3  # the raw base lacks the SFT update
+
+
+def test_the_dpo_adapter_base_without_a_merged_sft_model_and_from_a_full_model(tmp_path, llama_dir):
+    sft_policy = load_policy(ModelConfig(name_or_path=str(llama_dir), lora=True, lora_r=4), CPU)
+    randomise_lora(sft_policy, seed=2)
+    save_policy(sft_policy, tmp_path / "sft", load_tokenizer(ModelConfig(name_or_path=str(llama_dir))))
+    lone = shutil.copytree(tmp_path / "sft" / ADAPTER_DIR, tmp_path / "lone" / ADAPTER_DIR)  # no merged model beside
+
+    with pytest.warns(UserWarning, match="correct only on top of the merged model"):
+        policy = load_policy(ModelConfig(name_or_path=str(lone), lora=True, lora_r=4), CPU)
+    save_policy(policy, tmp_path / "dpo-lone")
+    assert adapter_config_base(tmp_path / "dpo-lone") == str(llama_dir)  # kept, and the adapter's card says why
+    assert "correct only on top of the merged model" in (tmp_path / "dpo-lone" / ADAPTER_DIR / "README.md").read_text()
+
+    policy = load_policy(ModelConfig(name_or_path=str(tmp_path / "sft"), lora=True, lora_r=4), CPU)
+    save_policy(policy, tmp_path / "dpo-full")
+    assert adapter_config_base(tmp_path / "dpo-full") == str(tmp_path / "sft")  # a full model: itself
 
 
 def test_bad_lora_targets_are_a_config_error(llama_dir):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -75,3 +76,70 @@ def test_no_dropout_anywhere_in_policy_or_reference(tmp_path, tiny_tokenizer):
     reference = FrozenModel(copy.deepcopy(policy), "copy")
     assert not reference.model.training
     assert not any(p.requires_grad for p in reference.model.parameters())
+
+
+def small_run_config(tmp_path, model_dir, **train):
+    import json
+
+    from dpokit.config import Config, DataConfig, LossConfig, ModelConfig, OutputConfig, TrainConfig
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": " Yes, fine.", "rejected": " No."})
+                            + "\n" for i in range(8)))
+    precision = train.pop("precision", "fp32")
+    layout = train.pop("layout", "prefix")
+    return Config(model=ModelConfig(name_or_path=str(model_dir), precision=precision, device="cpu"),
+                  data=DataConfig(path=str(data), max_length=64, layout=layout), loss=LossConfig(),
+                  train=TrainConfig(**{"steps": 2, "batch_size": 4, "lr": 1e-3, **train}),
+                  output=OutputConfig(dir=str(tmp_path / "out"), progress=False))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps_are_finite(tmp_path, llama_dir, precision):
+    from dpokit.train import MetricSums, setup, train_step
+
+    run = setup(small_run_config(tmp_path, llama_dir, precision=precision))
+    assert run.scaler.is_enabled() == (precision == "fp16")
+    window = MetricSums()
+    for _ in range(2):
+        assert math.isfinite(train_step(run, window))
+    assert math.isfinite(window.means()["loss"]) and run.state.step == 2
+
+
+def test_fp16_overflow_skips_the_update_and_lowers_the_scale(tmp_path, llama_dir):
+    from dpokit.train import MetricSums, setup, train_step
+
+    run = setup(small_run_config(tmp_path, llama_dir, precision="fp16"))
+    run.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # scaled gradients overflow
+    before = [p.detach().clone() for p in run.policy.parameters()]
+    train_step(run, MetricSums())  # no error: the scaler skips the step
+    assert run.scaler.get_scale() < 2.0**127
+    assert all(torch.equal(a, b) for a, b in zip(before, run.policy.parameters()))
+
+
+def test_unwritable_output_fails_before_any_model_loads(tmp_path, llama_dir):
+    from dpokit.errors import ConfigError
+    from dpokit.train import setup
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    config = small_run_config(tmp_path, tmp_path / "no-such-model")  # loading it would fail differently
+    config.output.dir = str(blocker / "out")
+    with pytest.raises(ConfigError, match="--output .*cannot write there"):
+        setup(config)
+
+
+def test_num_tokens_and_grad_norm_as_trl_logs_them(tmp_path, llama_dir):
+    """``num_tokens`` counts prompt + chosen and prompt + rejected whatever the layout; ``grad_norm``
+    is taken before clipping."""
+    from dpokit.train import MetricSums, setup, train_step
+
+    seen = []
+    for layout in ("prefix", "padded"):
+        run = setup(small_run_config(tmp_path / layout, llama_dir, layout=layout, max_grad_norm=1e-6))
+        grad_norm = train_step(run, MetricSums())
+        assert grad_norm > 1e-3  # far above the clipping threshold: logged before clipping
+        seen.append(run.state.tokens_seen)
+    assert len({p.num_tokens for p in run.train_pairs}) == 1  # all pairs alike: 4 of them in the step
+    assert seen == [4 * run.train_pairs[0].num_tokens] * 2

@@ -7,6 +7,9 @@
   al. 2023) and trains the LoRA adapters in fp32 on top. It runs on CPU too.
 * `merge_adapter_dir` loads a saved adapter (``adapter_config.json``) onto its base and merges it:
   DPO that starts from an SFT adapter then trains on, and refers to, the SFT model, not the raw base.
+  A new adapter trained on top is correct only on that merged model, so the merged model is named
+  after the merged directory dpokit writes beside an adapter (``final/`` for ``final/adapter/``),
+  and that name is what the new adapter's ``base_model_name_or_path`` records.
 * `save_policy` writes what ``final/`` holds: the merged model (loadable by
   ``AutoModelForCausalLM`` and ``transformers.pipeline``, full precision even for QLoRA) and the
   adapter alone under ``adapter/``. The policy in memory is never modified by a save.
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,10 @@ from dpokit.config import ModelConfig
 from dpokit.errors import ConfigError
 
 ADAPTER_DIR = "adapter"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# Set on a model that has an adapter merged in but no merged directory to be named after: the
+# adapter directory. A new adapter saved from it names the raw base, and is not correct on it alone.
+UNNAMED_MERGE = "dpokit_merged_adapter"
 
 
 def find_peft(model: nn.Module) -> Any | None:
@@ -77,17 +86,59 @@ def keep_4bit_layout(model: nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def merged_dir_beside(adapter_dir: str | Path) -> str | None:
+    """The directory holding ``adapter_dir``'s adapter merged into its base, or None.
+
+    dpokit saves the merged model with its adapter in ``adapter/`` under it, so that is the parent
+    directory when it holds a model (``config.json`` and weights) other than the adapter's own base.
+    """
+    parent = Path(os.path.abspath(adapter_dir)).parent
+    if not (parent / "config.json").is_file() or not any((parent / name).is_file() for name in WEIGHT_FILES):
+        return None
+    base = adapter_base(adapter_dir)
+    if base is not None and Path(base).is_dir() and Path(base).resolve() == parent.resolve():
+        return None  # the adapter was saved inside its own base
+    return str(parent)
+
+
 def merge_adapter_dir(base: nn.Module, adapter_dir: str | Path) -> nn.Module:
-    """``base`` with the saved adapter in ``adapter_dir`` merged into its weights."""
+    """``base`` with the saved adapter in ``adapter_dir`` merged into its weights, named for that.
+
+    The name (``name_or_path``) is what peft records as the base of an adapter trained on top, so
+    it becomes the merged directory beside the adapter (`merged_dir_beside`). Without one the raw
+    base's name stays, and the model is marked (``UNNAMED_MERGE``) so `apply_lora` can warn.
+    """
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged = merged_dir_beside(adapter_dir)
+    if merged is not None:
+        model.name_or_path = model.config.name_or_path = merged
+    else:
+        setattr(model, UNNAMED_MERGE, str(adapter_dir))
+    return model
+
+
+def unnamed_merge_warning(model: nn.Module) -> str | None:
+    """The warning for a LoRA adapter trained on a model with an adapter merged in but no merged
+    directory to name as its base (see `merge_adapter_dir`), else None."""
+    adapter_dir = getattr(model, UNNAMED_MERGE, None)
+    if adapter_dir is None:
+        return None
+    raw = getattr(model, "name_or_path", None) or "the raw base"
+    return (f"warning: the LoRA adapter trained here goes on {raw} with the adapter {adapter_dir} merged in, "
+            f"and no merged model lies beside that adapter (config.json and weights in "
+            f"{Path(os.path.abspath(adapter_dir)).parent}). The adapter saved in adapter/ names {raw} as its "
+            f"base, but it is correct only on top of the merged model: load {raw}, merge {adapter_dir} into it, "
+            "then apply this adapter; or use the merged model saved beside adapter/, which holds both.")
 
 
 def apply_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     """Wrap ``model`` with fresh LoRA adapters (B = 0: the policy starts equal to its base)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    if (warning := unnamed_merge_warning(model)) is not None:
+        warnings.warn(warning, stacklevel=2)
     if cfg.load_in_4bit:
         # Casts the few full-precision weights (norms, embeddings) to fp32, freezes the base and
         # lets gradients flow from the embedding output (needed with gradient checkpointing).
@@ -187,3 +238,7 @@ def save_policy(model: nn.Module, path: Path, tokenizer: Any | None = None) -> N
     peft_model.save_pretrained(path / ADAPTER_DIR, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path / ADAPTER_DIR)
+    if (warning := unnamed_merge_warning(peft_model.get_base_model())) is not None:
+        card = path / ADAPTER_DIR / "README.md"  # peft's model card: the warning travels with the adapter
+        text = card.read_text(encoding="utf-8") if card.is_file() else ""
+        card.write_text(f"{text}\n## Base model\n\n{warning.removeprefix('warning: ')}\n", encoding="utf-8")

@@ -266,6 +266,7 @@ class SFTRun:
     eval_examples: list[SFTExample]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
     stream: Any
     state: Any
     total_steps: int
@@ -287,13 +288,24 @@ def setup_sft(config: Config, demo: bool = False) -> SFTRun:
     from dpokit.logps import SequenceScorer
     from dpokit.models import load_policy, load_tokenizer, resolve_device, resolve_precision
     from dpokit.tracking import MetricsLog
-    from dpokit.train import PairStream, TrainState, lr_factor, seed_everything, total_steps, warmup_steps
+    from dpokit.train import (
+        PairStream,
+        TrainState,
+        grad_scaler,
+        lr_factor,
+        make_output_dir,
+        seed_everything,
+        total_steps,
+        warmup_steps,
+    )
 
     device = resolve_device(config.model.device)
     info = dist.init(device.type)
     seed_everything(config.train.seed + info.rank)
     log = MetricsLog(None, enabled=info.is_main)
     train_items, eval_items = load_sft_data(config, log.print)  # bad data stops us here
+    if info.is_main:
+        make_output_dir(Path(config.output.dir))
     tokenizer = load_tokenizer(config.model)
     if config.data.chat_template:
         tokenizer.chat_template = config.data.chat_template
@@ -329,11 +341,13 @@ def setup_sft(config: Config, demo: bool = False) -> SFTRun:
     stream = PairStream(len(train_examples), config.train.seed, info.rank, info.world_size)
     scorer = dist.wrap_ddp(SequenceScorer(policy), device)
     return SFTRun(config, info, device, precision, tokenizer, policy, scorer, train_examples, eval_examples,
-                  optimizer, scheduler, stream, TrainState(), steps, out_dir, log)
+                  optimizer, scheduler, grad_scaler(precision, device), stream, TrainState(), steps, out_dir, log)
 
 
 def sft_step(run: SFTRun, window: TokenMeans) -> float:
     """One optimizer step, its NLL added to ``window``; returns the gradient norm before clipping."""
+    from dpokit.train import optimizer_step
+
     cfg = run.config.train
     micro = [[run.train_examples[i] for i in run.stream.take(cfg.batch_size)] for _ in range(cfg.grad_accum)]
     counts = torch.tensor(float(sum(e.trained_tokens for m in micro for e in m)), dtype=torch.float64)
@@ -341,21 +355,11 @@ def sft_step(run: SFTRun, window: TokenMeans) -> float:
     for examples in micro:
         nll, tokens, fed = run.nll(examples)
         # DDP averages gradients over ranks: scale by world size to keep "sum over the step's tokens".
-        (nll * run.info.world_size / step_tokens).backward()
+        run.scaler.scale(nll * run.info.world_size / step_tokens).backward()
         window.add(float(nll.detach()), tokens)
         run.state.micro_step += 1
         run.state.tokens_seen += fed
-    params = [p for p in run.policy.parameters() if p.requires_grad]
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf))
-    if not math.isfinite(grad_norm):
-        raise DpokitError(f"step {run.state.step + 1}: the gradient norm is {grad_norm}; the run is stopped "
-                          "before the update. Lower --lr, or use --precision fp32.")
-    run.optimizer.step()
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    run.state.step += 1
-    run.state.stream = run.stream.state()
-    return grad_norm
+    return optimizer_step(run)
 
 
 class TokenMeans:

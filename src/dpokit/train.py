@@ -29,7 +29,7 @@ from dpokit.data.collate import PreferenceBatch, collate
 from dpokit.data.pairs import TokenizedPair
 from dpokit.data.sources import load_train_eval
 from dpokit.diagnostics import Diagnostics
-from dpokit.errors import DpokitError
+from dpokit.errors import ConfigError, DpokitError
 from dpokit.logps import SequenceLogps, SequenceScorer, compile_decoder, layout_for
 from dpokit.lora import save_policy
 from dpokit.losses import LossInputs, LossOutput, LossSpec, beta_at, get_loss, rewards_per_token
@@ -96,7 +96,7 @@ class TrainState:
 
     step: int = 0  # optimizer steps done
     micro_step: int = 0  # micro-batches done
-    tokens_seen: int = 0  # real tokens fed to the policy (TRL's num_tokens)
+    tokens_seen: int = 0  # TRL's num_tokens: prompt + chosen and prompt + rejected of each pair (SFT: rows)
     stream: dict[str, int] = field(default_factory=dict)
 
 
@@ -123,6 +123,11 @@ def total_steps(config: Config, num_pairs: int, world_size: int) -> int:
         return config.train.steps
     per_step = config.train.batch_size * config.train.grad_accum * world_size
     return max(1, math.ceil((config.train.epochs or 1.0) * num_pairs / per_step))
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 (its gradients underflow without it); disabled for fp32 and bf16."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def seed_everything(seed: int) -> None:
@@ -214,6 +219,7 @@ class Run:
     eval_pairs: list[TokenizedPair]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler  # loss scaling under fp16; a pass-through otherwise
     stream: PairStream
     state: TrainState
     total_steps: int
@@ -241,6 +247,8 @@ def setup(config: Config, demo: bool = False) -> Run:
     log = MetricsLog(None, enabled=info.is_main)
 
     train_raw, eval_raw = load_train_eval(config.data, config.train.seed, log.print)  # bad data stops us here
+    if info.is_main:
+        make_output_dir(out_dir)  # a bad --output stops us here too, before any model loads
     tokenizer = load_tokenizer(config.model)
     if config.data.chat_template:
         tokenizer.chat_template = config.data.chat_template
@@ -286,7 +294,19 @@ def setup(config: Config, demo: bool = False) -> Run:
                   f"pairs, {steps} steps x {config.train.batch_size * config.train.grad_accum * info.world_size} "
                   f"pairs, loss {loss.name}, reference: {reference.describe()}")
     return Run(config, info, device, precision, tokenizer, policy, scorer, reference, loss, train_pairs, eval_pairs,
-               optimizer, scheduler, stream, TrainState(), steps, out_dir, log)
+               optimizer, scheduler, grad_scaler(precision, device), stream, TrainState(), steps, out_dir, log)
+
+
+def make_output_dir(path: Path) -> None:
+    """Create the output directory and check it takes files: a bad ``--output`` fails in seconds."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".dpokit-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"--output {path}: cannot write there ({e.strerror or e}); choose another "
+                          "directory") from None
 
 
 def train_step(run: Run, window: MetricSums) -> float:
@@ -311,28 +331,42 @@ def train_step(run: Run, window: MetricSums) -> float:
             loss = loss + out.token_loss * run.info.world_size / max(1.0, step_tokens)
         if not math.isfinite(float(loss.detach())):  # still run backward: under DDP every rank must
             bad_loss = float(loss.detach())
-        loss.backward()
+        run.scaler.scale(loss).backward()
         window.add(out, policy)
         run.state.micro_step += 1
-        run.state.tokens_seen += batch.num_tokens
+        run.state.tokens_seen += sum(p.num_tokens for p in pairs)  # as TRL counts, whatever the layout
     if dist.all_reduce_sum(torch.tensor(float(bad_loss is not None), device=run.device)).item():
         value = "not finite on another rank" if bad_loss is None else bad_loss
         raise DpokitError(
             f"step {run.state.step + 1}: the loss is {value}; the run is stopped before the update, and the "
             "last checkpoint is intact. Lower --lr or --beta, or use --precision fp32.")
+    grad_norm = optimizer_step(run)
+    run.reference.on_step(run.state.step)  # TR-DPO's reference refresh, when configured
+    return grad_norm
+
+
+def optimizer_step(run: Any) -> float:
+    """Clip, check and apply the accumulated gradients of ``run`` (DPO's or SFT's); returns the
+    gradient norm before clipping.
+
+    Under fp16 the gradients are unscaled first, and a step whose gradients overflowed is skipped
+    with a smaller loss scale (``torch.amp.GradScaler``); any other non-finite gradient stops the
+    run before the update.
+    """
     params = [p for p in run.policy.parameters() if p.requires_grad]
-    max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+    max_norm = run.config.train.max_grad_norm if run.config.train.max_grad_norm > 0 else math.inf
+    run.scaler.unscale_(run.optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    if not math.isfinite(grad_norm):
+    if not math.isfinite(grad_norm) and not run.scaler.is_enabled():
         raise DpokitError(
             f"step {run.state.step + 1}: the gradient norm is {grad_norm}; the run is stopped before the "
-            "update, and the last checkpoint is intact. Lower --lr or --beta, or use --precision fp32.")
-    run.optimizer.step()
+            "update, and the last checkpoint is intact. Lower --lr (or --beta), or use --precision fp32.")
+    run.scaler.step(run.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+    run.scaler.update()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.state.step += 1
     run.state.stream = run.stream.state()
-    run.reference.on_step(run.state.step)  # TR-DPO's reference refresh, when configured
     return grad_norm
 
 

@@ -131,6 +131,27 @@ def test_unknown_logit_postprocessing_falls_back(llama_dir, tiny_tokenizer):
     assert ((SequenceScorer(model)(batch).logps - plain.logps).abs() / plain.logps.abs()).max() > 1e-2
 
 
+def test_unknown_cap_hidden_by_small_logits_is_found(llama_dir, tiny_tokenizer):
+    """A soft cap under a name dpokit does not know barely touches a random model's small logits;
+    the check enlarges them, finds the cap, and restores the head's weights exactly."""
+    from transformers import LlamaForCausalLM
+
+    class CappedLlama(LlamaForCausalLM):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = torch.tanh(out.logits / 30.0) * 30.0
+            return out
+
+    model = CappedLlama.from_pretrained(llama_dir, dtype=torch.float32)
+    head_before = model.get_output_embeddings().weight.detach().clone()
+    batch = collate(random_pairs(len(tiny_tokenizer)), "prefix", tiny_tokenizer.pad_token_id)
+    with pytest.warns(UserWarning, match="post-processes its logits"):
+        scored = SequenceScorer(model)(batch)
+    assert model._dpokit_head_matches is False
+    assert torch.equal(model.get_output_embeddings().weight, head_before)
+    assert_rel(scored.logps, plain_sequence_logps(model, batch).logps, 1e-6)
+
+
 def test_mask_in_autocast_dtype(llama_dir, tiny_tokenizer):
     """Under bf16 autocast the additive mask is built in bf16; log-probs stay close to fp32."""
     model = load(llama_dir)

@@ -10,15 +10,16 @@ from dpokit.config import Config, resolve
 from dpokit.errors import ConfigError
 
 
-def test_short_flags_map_to_fields():
+def test_short_flags_map_to_fields(tmp_path):
+    weights = str(tmp_path)  # --weights must be an existing directory
     config, _, info = resolve([
-        "--data", "x.jsonl", "--model", "gpt2", "--weights", "w", "--output", "out", "--steps", "7",
+        "--data", "x.jsonl", "--model", "gpt2", "--weights", weights, "--output", "out", "--steps", "7",
         "--epochs", "2", "--beta", "0.3", "--lr", "1e-6", "--batch-size", "3", "--grad-accum", "5",
         "--max-length", "256", "--max-prompt-length", "128", "--precision", "fp32", "--seed", "9",
         "--logging-steps", "4", "--save-steps", "11",
     ])
     assert (config.data.path, config.model.name_or_path, config.model.weights, config.output.dir) == (
-        "x.jsonl", "gpt2", "w", "out")
+        "x.jsonl", "gpt2", weights, "out")
     assert (config.train.steps, config.train.epochs, config.loss.beta, config.train.lr) == (7, 2.0, 0.3, 1e-6)
     assert (config.train.batch_size, config.train.grad_accum, config.data.max_length) == (3, 5, 256)
     assert (config.data.max_prompt_length, config.model.precision, config.train.seed) == (128, "fp32", 9)
@@ -47,6 +48,58 @@ def test_unknown_yaml_key_names_file_and_closest_match(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("train:\n  learnin_rate: 1e-6\n")
     with pytest.raises(ConfigError, match=r"run.yaml.*did you mean"):
+        resolve([str(path)])
+
+
+def test_every_unknown_yaml_key_in_one_error_with_its_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  name_or_path: tiny\ntrain:\n  learnin_rate: 1e-6\n  stps: 3\n"
+                    "betta: 0.2\nfoo_bar_baz: 1\n")
+    with pytest.raises(ConfigError) as caught:
+        resolve([str(path)])
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith(f"4 unknown keys in {path}")
+    assert lines[1:] == ["  line 4: 'train.learnin_rate'; did you mean 'train.lr'?",
+                         "  line 5: 'train.stps'; did you mean 'train.steps'?",
+                         "  line 6: 'betta'; did you mean 'beta'?",
+                         "  line 7: 'foo_bar_baz' (no key is close)"]
+
+
+def test_one_unknown_yaml_key_names_its_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  path: x.jsonl\nloss:\n  los_type: ipo\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'loss.los_type' in .*run.yaml, line 4; did you mean "
+                                          r"'loss.loss_type'\?"):
+        resolve([str(path)])
+
+
+def test_handbook_recipe_unknown_flat_keys_are_unused(tmp_path):
+    """In a TRL / alignment-handbook recipe, another trainer's option is listed as unused; a typo of a
+    dpokit key is still an error; use_flash_attention_2 maps onto attn_implementation."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model_name_or_path: gpt2\nper_device_train_batch_size: 2\nuse_flash_attention_2: true\n"
+                    "max_seq_length: 512\nwandb_tags: [a]\ndataset_name: x.jsonl\n")
+    config, _, info = resolve([str(path)])
+    assert info["unused"] == ["max_seq_length", "wandb_tags"]
+    assert (config.model.attn_implementation, config.train.batch_size) == ("flash_attention_2", 2)
+    path.write_text(path.read_text() + "per_device_train_batchsize: 3\nlearnin_rate: 1e-6\n")
+    with pytest.raises(ConfigError) as caught:
+        resolve([str(path)])
+    message = str(caught.value)
+    assert "line 7: 'per_device_train_batchsize'; did you mean 'per_device_train_batch_size'?" in message
+    assert "line 8: 'learnin_rate'; did you mean 'learning_rate'?" in message
+    # An explicit attention kernel wins; false leaves the default.
+    config, _, _ = resolve(["--data", "x", "--use_flash_attention_2", "--attn-implementation", "sdpa"])
+    assert config.model.attn_implementation == "sdpa"
+    config, _, _ = resolve(["--data", "x", "--use_flash_attention_2", "false"])
+    assert config.model.attn_implementation is None
+
+
+def test_dpokit_yaml_unknown_flat_key_is_an_error(tmp_path):
+    """Outside a recipe, an unknown key is never silently unused."""
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  path: x.jsonl\nwandb_tags: [a]\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'wandb_tags' in .*line 3"):
         resolve([str(path)])
 
 

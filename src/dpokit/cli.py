@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from dpokit.errors import DpokitError
+from dpokit.errors import DpokitError, os_error_message
 
 SFT_HELP = """Supervised fine-tuning, the stage before DPO. Data (--data): {prompt, completion} rows,
 {messages} conversations (assistant turns are trained), or preference pairs (the chosen answers).
@@ -54,12 +56,24 @@ def cmd_train(argv: list[str], command: str = "train") -> int:
     return 0
 
 
+@contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Give an OSError raised while writing ``path`` that path, if it has none (a full disk)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+
+
 def cmd_data_sample(args: argparse.Namespace) -> int:
     from dpokit.data.jsonl import write_jsonl
     from dpokit.data.samples import sample_pairs
 
     rows = sample_pairs(args.n, seed=args.seed)
-    write_jsonl(args.output, rows)
+    with naming(args.output):
+        write_jsonl(args.output, rows)
     print(f"wrote {len(rows)} sample pairs to {args.output}")
     return 0
 
@@ -73,10 +87,22 @@ def _ask(label: str, stream, interactive: bool) -> str | None:
     return line.rstrip("\n")
 
 
+def _check_writable(path: Path) -> None:
+    """Open ``path`` for appending (creating its folder) and close it again; an OSError says why not."""
+    existed = path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8"):
+        pass
+    if not existed:
+        path.unlink()  # written again with the first pair; no empty file when none is added
+
+
 def cmd_data_add(args: argparse.Namespace) -> int:
     """Prompt / chosen / rejected, one after another, until "done" or end of input."""
     from dpokit.data.jsonl import write_jsonl
 
+    with naming(args.output):
+        _check_writable(Path(args.output))  # before any typing: a pair typed in must not be lost
     stream = sys.stdin
     interactive = stream.isatty()
     if interactive:
@@ -100,11 +126,26 @@ def cmd_data_add(args: argparse.Namespace) -> int:
             print(f"skipped: {problem}", file=sys.stderr)
             skipped += 1
             continue
-        write_jsonl(args.output, [{"prompt": prompt, "chosen": chosen, "rejected": rejected}], append=True)
+        with naming(args.output):
+            write_jsonl(args.output, [{"prompt": prompt, "chosen": chosen, "rejected": rejected}], append=True)
         added += 1
     print(f"added {added} pair{'s' if added != 1 else ''} to {args.output}"
           + (f" ({skipped} skipped)" if skipped else ""))
     return 0
+
+
+def read_prompts(path: Path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped."""
+    if not path.is_file():
+        raise DpokitError(f"prompts file not found: {path}")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DpokitError(f"--prompts-file {path}, line {line}: not UTF-8 text (bytes {raw[e.start:e.start + 4]!r} "
+                          "cannot be decoded); save the file as UTF-8, one prompt per line") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -113,17 +154,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from dpokit.generate import SamplingConfig, generate, load_for_generation
     from dpokit.models import resolve_device
 
+    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.greedy)
+    if args.batch_size < 1:
+        raise DpokitError(f"--batch-size must be at least 1 (got {args.batch_size})")
     prompts = list(args.prompt or [])
     if args.prompts_file:
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise DpokitError(f"prompts file not found: {path}")
-        prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        prompts += read_prompts(Path(args.prompts_file))
     if not prompts:
         raise DpokitError("no prompts: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     torch.manual_seed(args.seed)
     model, tokenizer = load_for_generation(args.model, resolve_device(args.device), args.trust_remote_code)
-    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.greedy)
     for prompt, text in zip(prompts, generate(model, tokenizer, prompts, sampling, args.batch_size)):
         print(f"### {prompt}\n{text}\n")
     return 0
@@ -181,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except DpokitError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user gave that cannot be read or written
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

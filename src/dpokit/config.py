@@ -91,6 +91,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not self.name_or_path:
             raise ValueError("model.name_or_path must not be empty")
+        if self.weights is not None and not Path(self.weights).is_dir():
+            raise ValueError(f"--weights {self.weights}: no such directory; pass an earlier run's output, "
+                             "for example dpo_checkpoints/final")
         if self.load_in_4bit:
             self.lora = True
         if self.reference == "model" and not self.ref_model:
@@ -369,9 +372,9 @@ ALIASES: dict[str, str] = {
 
 # Recipe keys whose values need converting (`_convert_recipe_keys`): bf16 / fp16 / torch_dtype ->
 # model.precision, max_steps -1 -> no step limit, HF scheduler names, dataset_splits -> split and
-# eval_split, a worker count of null -> unchanged.
+# eval_split, a worker count of null -> unchanged, use_flash_attention_2 -> attn_implementation.
 RECIPE_KEYS = ("torch_dtype", "dtype", "bf16", "fp16", "max_steps", "lr_scheduler_type", "dataset_splits",
-               "preprocessing_num_workers", "dataset_num_proc")
+               "preprocessing_num_workers", "dataset_num_proc", "use_flash_attention_2")
 
 # Keys of Hugging Face TrainingArguments, TRL's DPOConfig / ModelConfig / ScriptArguments and
 # alignment-handbook recipes that dpokit does not use: a recipe runs as is, and they are listed
@@ -432,6 +435,8 @@ def _convert_recipe_keys(flat: dict[str, Any], where: str) -> dict[str, Any]:
             if str(dtype) not in dtypes:
                 raise ConfigError(f"{where}: torch_dtype {dtype!r} is not one of {', '.join(dtypes)} or auto")
             out["model.precision"] = dtypes[str(dtype)]
+    if truthy(recipe.get("use_flash_attention_2")) and "model.attn_implementation" not in out:
+        out["model.attn_implementation"] = "flash_attention_2"
     if "max_steps" in recipe:
         steps = recipe["max_steps"]
         out["train.steps"] = None if steps is None or (str(steps).lstrip("-").isdigit() and int(steps) < 0) else steps
@@ -499,50 +504,147 @@ def _key_table() -> dict[str, str]:
 KEYS = _key_table()
 
 
-def resolve_key(key: str, where: str) -> str:
-    """The dotted key for ``key`` (any accepted spelling), or a ConfigError naming the closest one."""
-    norm = key.strip().lstrip("-").replace("-", "_")
+def _lookup_key(norm: str) -> str | None:
+    """The dotted key (or ``recipe.*`` / ``unused.*``) of a normalised spelling, else None."""
     if norm in KEYS:
         return KEYS[norm]
     if norm in RECIPE_KEYS:
         return f"recipe.{norm}"
     if norm in HF_UNUSED_KEYS:
         return f"unused.{norm}"
-    close = difflib.get_close_matches(norm, list(KEYS), n=1, cutoff=0.6)
-    suggestion = f"--{close[0].replace('_', '-')}" if close and where == "command line" else (close or [""])[0]
+    return None
+
+
+def closest_key(norm: str, cutoff: float = 0.6) -> str | None:
+    """The accepted key closest to an unknown one; under a section (``train.lern_rate``), a field
+    of that section, shown dotted (``train.lr``)."""
+    section, dot, name = norm.partition(".")
+    if dot and section in SECTIONS:
+        choices = {f.name: f"{section}.{f.name}" for f in fields(SECTIONS[section])}
+        choices.update({alias: key for alias, key in ALIASES.items() if key.startswith(f"{section}.")})
+        close = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
+        if close:
+            return choices[close[0]]
+    close = difflib.get_close_matches(norm, [*KEYS, *SECTIONS], n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def _normalise(key: str) -> str:
+    return key.strip().lstrip("-").replace("-", "_")
+
+
+def resolve_key(key: str, where: str) -> str:
+    """The dotted key for ``key`` (any accepted spelling), or a ConfigError naming the closest one."""
+    norm = _normalise(key)
+    if (found := _lookup_key(norm)) is not None:
+        return found
+    close = closest_key(norm)
+    suggestion = f"--{close.replace('_', '-')}" if close and where == "command line" else close
     hint = f"; did you mean '{suggestion}'?" if close else ""
     shown = f"--{norm.replace('_', '-')}" if where == "command line" else key
     raise ConfigError(f"unknown key '{shown}' in {where}{hint} (`dpokit train --help` lists them all)")
 
 
-def flatten_yaml(data: Any, where: str) -> dict[str, Any]:
-    """A YAML mapping (sections and/or flat keys) -> {dotted key: value}."""
+# Keys that mark a flat YAML file as a Hugging Face / TRL / alignment-handbook recipe.
+RECIPE_MARKERS = frozenset({"model_name_or_path", "per_device_train_batch_size", "gradient_accumulation_steps",
+                            "num_train_epochs", "dataset_name", "dataset_mixture", "dataset_mixer", "output_dir",
+                            *RECIPE_KEYS}) | (HF_UNUSED_KEYS - set(KEYS))
+
+
+def is_hf_recipe(data: dict[str, Any]) -> bool:
+    """A flat mapping written for TRL / the alignment-handbook (``model_name_or_path``, ...)."""
+    return any(str(k) in RECIPE_MARKERS for k in data) and not any(str(k) in SECTIONS for k in data)
+
+
+def flatten_yaml(data: Any, where: str, lines: dict[str, int] | None = None) -> dict[str, Any]:
+    """A YAML mapping (sections and/or flat keys) -> {dotted key: value}.
+
+    Every unknown key is gathered into one ConfigError, each with its closest key and (given
+    ``lines``, {key as written: line}) its line. In a TRL / alignment-handbook recipe a flat key
+    that is not close to any dpokit key is unused (listed in one warning), not an error.
+    """
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of keys to values, got {type(data).__name__}")
+    lines = lines or {}
+    recipe = is_hf_recipe(data)
     flat: dict[str, Any] = {}
+    unknown: list[tuple[str, str | None]] = []  # (key as written, closest accepted key)
+
+    def add(written: str, value: Any) -> None:
+        norm = _normalise(written)
+        if (found := _lookup_key(norm)) is not None:
+            flat[found] = value
+        elif recipe and "." not in norm and closest_key(norm, cutoff=0.85) is None:
+            flat[f"unused.{norm}"] = value  # another trainer's option: it runs as is, with a warning
+        else:
+            unknown.append((written, closest_key(norm)))
+
     for key, value in data.items():
         key = str(key)
         if key in SECTIONS and isinstance(value, dict):
             for sub, subvalue in value.items():
-                flat[resolve_key(f"{key}.{sub}", where)] = subvalue
+                add(f"{key}.{sub}", subvalue)
         else:
-            flat[resolve_key(key, where)] = value
+            add(key, value)
+    if unknown:
+        raise ConfigError(_unknown_keys_message(unknown, where, lines))
     return _convert_recipe_keys(flat, where)
+
+
+def _unknown_keys_message(unknown: list[tuple[str, str | None]], where: str, lines: dict[str, int]) -> str:
+    def describe(key: str, close: str | None) -> str:
+        return f"'{key}'" + (f"; did you mean '{close}'?" if close else " (no key is close)")
+
+    if len(unknown) == 1:
+        key, close = unknown[0]
+        line = f", line {lines[key]}" if key in lines else ""
+        hint = f"; did you mean '{close}'?" if close else ""
+        return f"unknown key '{key}' in {where}{line}{hint} (`dpokit train --help` lists them all)"
+    items = [f"  {f'line {lines[k]}: ' if k in lines else ''}{describe(k, c)}" for k, c in unknown]
+    return "\n".join([f"{len(unknown)} unknown keys in {where} (`dpokit train --help` lists them all):", *items])
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """{key as written (``section.field`` when nested under a section): line} of a YAML mapping."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for key, value in root.value:
+        name = str(key.value)
+        lines.setdefault(name, key.start_mark.line + 1)
+        if name in SECTIONS and isinstance(value, yaml.MappingNode):
+            for sub, _ in value.value:
+                lines.setdefault(f"{name}.{sub.value}", sub.start_mark.line + 1)
+    return lines
+
+
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".gz")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.name.lower().endswith(DATA_SUFFIXES):
+        raise ConfigError(f"{path} looks like a data file; pass it with --data {path} (a positional argument "
+                          "is a YAML config file)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    return flatten_yaml(data, str(path))
+    return flatten_yaml(data, str(path), _key_lines(text))
 
 
 def demo_recipe(name: str = "demo") -> dict[str, Any]:
@@ -608,6 +710,29 @@ def _cli_value(raw: str) -> Any:
         return raw
 
 
+def _flag(key: str) -> str:
+    """The shortest command-line flag of a dotted key (``loss.beta`` -> ``--beta``)."""
+    name = key.split(".", 1)[-1]
+    return f"--{(name if KEYS.get(name) == key else key).replace('_', '-')}"
+
+
+def _expected(key: str) -> str | None:
+    """What a field accepts, in words (``a number (float)``), from its type; None when not simple."""
+    section, _, name = key.partition(".")
+    types = {f.name: str(f.type) for f in fields(SECTIONS[section])} if section in SECTIONS else {}
+    parts = [t.strip() for t in types.get(name, "").split("|")]
+    nullable = " or null" if "None" in parts else ""
+    parts = [t for t in parts if t != "None"]
+    words = {"float": "a number (float, e.g. 0.1)", "int": "a whole number (int, e.g. 8)", "bool": "true or false",
+             "str": "a string", "list[str]": "a list of strings (e.g. [q_proj, v_proj])",
+             "list[float]": "a list of numbers (e.g. [1.0, 0.5])", "tuple[float, float]": "two numbers (e.g. [0.9, 0.999])"}
+    if len(parts) == 1 and parts[0] in words:
+        return words[parts[0]] + nullable
+    if len(parts) == 1 and parts[0].startswith("Literal["):
+        return "one of " + ", ".join(ast.literal_eval(parts[0][len("Literal"):])) + nullable
+    return None
+
+
 def build_config(flat: dict[str, Any]) -> Config:
     """Check types and values of {dotted key: value} with jsonargparse and the dataclasses."""
     from jsonargparse import ArgumentParser
@@ -623,6 +748,9 @@ def build_config(flat: dict[str, Any]) -> Config:
         key = message.split('"')[1] if message.count('"') >= 2 else "?"
         first = [ln.strip() for ln in message.splitlines()[1:] if ln.strip()]
         value = flat.get(key, "?")
+        expected = _expected(key)
+        if expected is not None:
+            raise ConfigError(f"bad value {value!r} for '{key}' ({_flag(key)}): expects {expected}") from None
         raise ConfigError(f"bad value {value!r} for '{key}': {first[0] if first else message}") from None
     try:
         parts = parser.instantiate(namespace)

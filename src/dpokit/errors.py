@@ -36,3 +36,29 @@ class DataError(DpokitError):
         if hint:
             text += f"\n  fix: {hint}"
         super().__init__(text)
+
+
+_OS_HINTS = {
+    "ENOTDIR": "a part of the path is a file; choose another path",
+    "EISDIR": "pass a file path, not a directory",
+    "ENOENT": "check the path",
+    "EACCES": "no permission there; choose a path you can read or write",
+    "EPERM": "no permission there; choose a path you can read or write",
+    "EROFS": "that file system is read-only; choose another path",
+    "ENOSPC": "the disk is full; free space or choose another path",
+    "EEXIST": "something is already there; choose another path",
+}
+
+
+def os_error_message(error: OSError) -> str:
+    """One line for an OSError a user's path caused: the path, what went wrong, what to do."""
+    import errno
+
+    if error.strerror is None:
+        return str(error) or type(error).__name__
+    hint = _OS_HINTS.get(errno.errorcode.get(error.errno or 0, ""), "")
+    text = error.strerror.lower() + (f" ({hint})" if hint else "")
+    if error.filename is None:
+        return text
+    path = f"{error.filename}" + (f" -> {error.filename2}" if error.filename2 else "")
+    return f"{path}: {text}"

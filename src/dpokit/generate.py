@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,15 +17,46 @@ class SamplingConfig:
     """How tokens are picked."""
 
     max_new_tokens: int = 128
+    """Tokens to generate after each prompt (``--max-new-tokens``)."""
     temperature: float = 0.7
+    """Softmax temperature; 0 picks the most likely token, like ``greedy`` (``--temperature``)."""
     top_p: float = 0.9
+    """Nucleus sampling: sample from the smallest set of tokens whose probability reaches this
+    (``--top-p``; 1 turns it off)."""
     top_k: int = 50
+    """Sample from this many of the most likely tokens (``--top-k``; 0 turns it off)."""
     greedy: bool = False
+    """Always take the most likely token (``--greedy``)."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens must be at least 1 (got {self.max_new_tokens})")
+        if not 0.0 <= self.temperature < float("inf"):
+            raise ConfigError(f"--temperature must be 0 or more (got {self.temperature}); 0 is greedy decoding")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"--top-p must be in (0, 1] (got {self.top_p}); 1 turns nucleus sampling off")
+        if self.top_k < 0:
+            raise ConfigError(f"--top-k must be 0 or more (got {self.top_k}); 0 turns top-k sampling off")
+
+
+DEFAULT_MODEL = "dpo_checkpoints/final"  # where `dpokit train` writes its model by default
+
+
+def looks_local(model: str) -> bool:
+    """Whether ``model`` is clearly a local path rather than a hub id (``gpt2``, ``org/name``)."""
+    if model == DEFAULT_MODEL or model.startswith((".", "/", "~")) or "\\" in model:
+        return True
+    return model.rstrip("/").endswith("/final") or "checkpoint-" in model or model.rstrip("/").count("/") > 1
 
 
 def load_for_generation(model: str, device: torch.device, trust_remote_code: bool = False) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if looks_local(model):
+        model = os.path.expanduser(model)
+        if not Path(model).is_dir():
+            raise ConfigError(f"--model {model} does not exist; run `dpokit train` first (it saves the "
+                              "model in OUTPUT_DIR/final), or pass an existing directory or a hub id such as gpt2")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         lm = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=trust_remote_code)

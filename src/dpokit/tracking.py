@@ -34,12 +34,17 @@ def console_line(row: dict[str, Any]) -> str:
 
 
 class MetricsLog:
-    """Writes each row to ``metrics.jsonl`` (flushed at once) and prints it on the console."""
+    """Writes each row to ``metrics.jsonl`` (flushed at once) and prints it on the console.
 
-    def __init__(self, path: Path | None, enabled: bool = True, progress=None) -> None:
+    A new run starts a fresh file, so two runs into one output directory never mix rows;
+    ``append=True`` keeps the rows already there (for a run that resumes an earlier one).
+    """
+
+    def __init__(self, path: Path | None, enabled: bool = True, progress=None, append: bool = False) -> None:
         self.enabled = enabled
         self.progress = progress
-        self.file = open(path, "a", encoding="utf-8") if (enabled and path is not None) else None
+        mode = "a" if append else "w"
+        self.file = open(path, mode, encoding="utf-8") if (enabled and path is not None) else None
         self.rows: list[dict[str, Any]] = []
 
     def log(self, row: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,24 @@ SAMPLE_HINT = "create sample pairs with `dpokit data sample --output preference_
 ROW_HINT = 'each line must be one JSON object, e.g. {"prompt": "...", "chosen": "...", "rejected": "..."}'
 
 
+# What a corrupt or truncated file raises while it is read (gzip.BadGzipFile is an OSError).
+READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
 def _open_binary(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _unreadable(path: Path, error: BaseException, line: int | None = None) -> DataError:
+    """A file that breaks off or is corrupt (a truncated download, a bad .gz): one located error."""
+    detail = str(error).strip() or type(error).__name__
+    if path.suffix == ".gz":
+        return DataError(f"cannot read the gzip file: it is corrupt or truncated ({detail})", path=str(path),
+                         line=line, reason="unreadable file",
+                         hint="download or compress it again (`gzip -t FILE` checks a .gz file), or pass the "
+                         "uncompressed file")
+    return DataError(f"cannot read the file ({detail})", path=str(path), line=line, reason="unreadable file",
+                     hint="check that the file is complete and readable")
 
 
 def check_file(path: Path, what: str = "a data file") -> None:
@@ -49,46 +66,59 @@ def iter_json_rows(path: str | Path) -> Iterator[RawRow]:
     """
     path = Path(path)
     check_file(path)
-    with _open_binary(path) as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+    try:
+        with _open_binary(path) as f:
+            head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+    except READ_ERRORS:
+        head = b""  # reading line by line below finds the line where the file breaks off
     if head.startswith(b"["):
         yield from _iter_array(path)
         return
     seen = 0
-    with _open_binary(path) as f:
-        for number, raw in enumerate(f, start=1):
-            if number == 1:
-                raw = raw.lstrip(b"\xef\xbb\xbf")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                seen += 1
-                yield number, None, RowProblem(
-                    "undecodable bytes", f"the line is not valid UTF-8 (byte {e.start} of the line cannot be "
-                    f"decoded: {raw[e.start:e.start + 4]!r})", hint="save the file as UTF-8")
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                if seen == 0:
-                    _check_single_object(path)
-                seen += 1
-                yield number, None, RowProblem("invalid JSON", f"invalid JSON ({e.msg} at character {e.colno})",
-                                               hint=ROW_HINT)
-                continue
-            if not isinstance(row, dict):
-                if seen == 0:
-                    raise _not_rows(path, number, f"a JSON {_json_type(row)}")
-                seen += 1
-                yield number, None, RowProblem("not an object", f"expected a JSON object, got a JSON {_json_type(row)}",
-                                               hint=ROW_HINT)
-                continue
+    for number, raw in _raw_lines(path):
+        if number == 1:
+            raw = raw.lstrip(b"\xef\xbb\xbf")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
             seen += 1
-            yield number, None, row
+            yield number, None, RowProblem(
+                "undecodable bytes", f"the line is not valid UTF-8 (byte {e.start} of the line cannot be "
+                f"decoded: {raw[e.start:e.start + 4]!r})", hint="save the file as UTF-8")
+            continue
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if seen == 0:
+                _check_single_object(path)
+            seen += 1
+            yield number, None, RowProblem("invalid JSON", f"invalid JSON ({e.msg} at character {e.colno})",
+                                           hint=ROW_HINT)
+            continue
+        if not isinstance(row, dict):
+            if seen == 0:
+                raise _not_rows(path, number, f"a JSON {_json_type(row)}")
+            seen += 1
+            yield number, None, RowProblem("not an object", f"expected a JSON object, got a JSON {_json_type(row)}",
+                                           hint=ROW_HINT)
+            continue
+        seen += 1
+        yield number, None, row
     if seen == 0:
         raise DataError("the file is empty: no rows", path=str(path), reason="empty file", hint=SAMPLE_HINT)
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """``(line number, bytes)`` of a file; a read that fails (a corrupt or truncated .gz) is a `DataError`."""
+    number = 0
+    try:
+        with _open_binary(path) as f:
+            for number, raw in enumerate(f, start=1):
+                yield number, raw
+    except READ_ERRORS as e:
+        raise _unreadable(path, e, None if isinstance(e, gzip.BadGzipFile) else number + 1) from None
 
 
 def _json_type(value: Any) -> str:
@@ -97,8 +127,11 @@ def _json_type(value: Any) -> str:
 
 
 def _read_text(path: Path) -> str:
-    with _open_binary(path) as f:
-        data = f.read()
+    try:
+        with _open_binary(path) as f:
+            data = f.read()
+    except READ_ERRORS as e:
+        raise _unreadable(path, e) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -159,6 +192,12 @@ def _iter_array(path: Path) -> Iterator[RawRow]:
     if pos >= len(text):
         raise DataError("invalid JSON (the array is never closed with ']')", path=str(path),
                         line=text.count("\n") + 1, reason="invalid JSON", hint="fix the JSON array")
+    after = skip(pos + 1)
+    if after < len(text):  # a second array, or rows after it: never drop them silently
+        raise DataError(f"unexpected text after the JSON array's closing ']' ({text[after:after + 20]!r})",
+                        path=str(path), line=text.count("\n", 0, after) + 1, reason="invalid JSON",
+                        hint="a .json file holds one JSON array of objects: put every row inside it, or write "
+                        "one JSON object per line (JSON Lines)")
     if seen == 0:
         raise DataError("the file is empty: an empty JSON array", path=str(path), reason="empty file",
                         hint=SAMPLE_HINT)

@@ -84,6 +84,17 @@ class LoadReport:
         raise DataError(first.message, path=_path_of(first), line=first.line, column=first.column, hint=hint,
                         reason=first.reason)
 
+    def raise_if_no_pairs(self, source_hint: str | None = None) -> None:
+        """A source whose every row was skipped or dropped stops the run, whatever ``on_bad_row`` says."""
+        if self.pairs:
+            return
+        counts = self.counts("error") + self.counts("warning")
+        reasons = ", ".join(f"{n} {r}" for r, n in counts.most_common())
+        listing = f"`dpokit data validate {source_hint}`" if source_hint else "`dpokit data validate`"
+        raise DataError(f"no pairs kept: all {self.rows} rows were left out" + (f" ({reasons})" if reasons else ""),
+                        path=self.source, reason="no pairs",
+                        hint=f"{listing} lists the rows and why; fix them, or the `format` / `columns` settings")
+
     def summary(self, on_bad_row: str = "error", limit: int = 10) -> list[str]:
         """Readable lines: rows, format, pairs kept, then counts by level and reason, with locations."""
         lines = [f"{self.source}: {self.rows} rows, format {describe_format(self.format)}; {self.pairs} pairs kept"]
@@ -122,33 +133,70 @@ def collect_pairs(
     columns: Mapping[str, str] | list[str] | None = None,
     max_rows: int | None = None,
 ) -> tuple[list[PreferencePair], LoadReport]:
-    """Normalise rows to pairs; every problem is recorded in the report (nothing is raised here)."""
+    """Normalise rows to pairs; every problem is recorded in the report (nothing is raised here).
+
+    With ``fmt="auto"`` the format is fixed by the first row that normalises without error, never
+    by a bad row: rows before it are held back and then read in that format, so one bad first row
+    cannot make every good row fail. If no row normalises, each row is judged in the format its
+    own keys suggest."""
     report = LoadReport(label, format="" if fmt == "auto" else fmt)
     pairs: list[PreferencePair] = []
+    pending: list[tuple[dict[str, Any], Mapping[str, Any] | RowProblem]] = []  # rows before the format is known
+
+    def collect(where: dict[str, Any], row: Mapping[str, Any] | RowProblem, fmt: str) -> None:
+        try:
+            if isinstance(row, RowProblem):
+                raise row
+            pair, note = normalise_row(apply_columns(row, columns), fmt)
+        except RowProblem as p:
+            report.problems.append(_problem(p, where))
+            return
+        if note is not None:
+            report.problems.append(_problem(note, where))
+        line, index = where["line"], where["index"]
+        pair.source = f"{label}:{line}" if line is not None else f"{label}#{index}"
+        pairs.append(pair)
+
     for line, index, row in _limit(rows, max_rows):
         report.rows += 1
         where = dict(path=label, line=line, index=index)
-        if isinstance(row, RowProblem):
-            report.problems.append(Problem(row.level, row.reason, row.message, column=row.column,
-                                           hint=row.hint, **where))
-            continue
-        try:
-            mapped = apply_columns(row, columns)
-            if not report.format:
-                report.format = detect_format(mapped)
-            pair, note = normalise_row(mapped, report.format)
-        except RowProblem as p:
-            if not report.format:
-                report.format = detect_format(row)
-            report.problems.append(Problem(p.level, p.reason, p.message, column=p.column, hint=p.hint, **where))
-            continue
-        if note is not None:
-            report.problems.append(Problem(note.level, note.reason, note.message, column=note.column,
-                                           hint=note.hint, **where))
-        pair.source = f"{label}:{line}" if line is not None else f"{label}#{index}"
-        pairs.append(pair)
+        if not report.format and not isinstance(row, RowProblem):
+            guess = guess_format(row, columns)
+            if _normalises(row, columns, guess):
+                report.format = guess
+                for earlier, earlier_row in pending:
+                    collect(earlier, earlier_row, guess)
+                pending = []
+        if report.format:
+            collect(where, row, report.format)
+        else:
+            pending.append((where, row))
+    if pending:  # no row normalised
+        report.format = next((guess_format(r, columns) for _, r in pending if not isinstance(r, RowProblem)), "")
+        for where, row in pending:
+            collect(where, row, "" if isinstance(row, RowProblem) else guess_format(row, columns))
     report.pairs = len(pairs)
     return pairs, report
+
+
+def guess_format(row: Mapping[str, Any], columns: Mapping[str, str] | list[str] | None) -> str:
+    """The format a row's keys suggest, after the column mapping where it applies."""
+    try:
+        return detect_format(apply_columns(row, columns))
+    except RowProblem:
+        return detect_format(row)
+
+
+def _normalises(row: Mapping[str, Any], columns: Mapping[str, str] | list[str] | None, fmt: str) -> bool:
+    try:
+        normalise_row(apply_columns(row, columns), fmt)
+    except RowProblem:
+        return False
+    return True
+
+
+def _problem(p: RowProblem, where: dict[str, Any]) -> Problem:
+    return Problem(p.level, p.reason, p.message, column=p.column, hint=p.hint, **where)
 
 
 def _limit(rows: Iterable[RawRow], max_rows: int | None) -> Iterator[RawRow]:

@@ -6,7 +6,7 @@ YAML) as the positional argument, then any ``--key value`` (``--format``, ``--co
 
 * ``validate SOURCE``: reads every row and reports the row count, the detected format, and every
   problem by file and line (or row index), column and fix; errors give exit code 1 (unless
-  ``--on-bad-row skip``), warnings and notes exit 0. With ``--model`` it also tokenizes, and
+  ``--on-bad-row skip``), and so does a source with no pairs kept; warnings and notes exit 0. With ``--model`` it also tokenizes, and
   reports the rows ``--max-length`` would drop.
 * ``stats SOURCE``: token-length percentiles of prompt / chosen / rejected for a tokenizer
   (``--model``, default the built-in tiny one), how many pairs ``--max-length`` would truncate or
@@ -121,6 +121,10 @@ def cmd_validate(argv: list[str]) -> int:
     if errors and config.data.on_bad_row == "error":
         print(f"validate: {errors} bad row{'s' if errors != 1 else ''}; fix them, or pass --on-bad-row skip "
               "to train without them")
+        return 1
+    empty = [report for report, _ in reports if not report.pairs]
+    if empty:
+        print(f"validate: no pairs kept from {', '.join(r.source for r in empty)}; training would stop")
         return 1
     print("validate: ok")
     return 0

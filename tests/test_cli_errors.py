@@ -109,6 +109,18 @@ def test_generate_sampling_ranges(flag, value, expected, capsys):
     assert expected in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["generate", "--prompt", "hi", "--tempreature", "1"], "unknown option '--tempreature' for `dpokit generate`; "
+                                                          "did you mean '--temperature'?"),
+    (["generate", "--prompt-file=p.txt"], "did you mean '--prompts-file'?"),
+    (["data", "sample", "--outptu", "x.jsonl"], "unknown option '--outptu' for `dpokit data sample`; "
+                                                "did you mean '--output'?"),
+])
+def test_argparse_commands_suggest_the_closest_flag(argv, expected, capsys):
+    assert main(argv) == 2
+    assert expected in one_error_line(capsys)
+
+
 def test_generate_prompts_file_not_utf8(tmp_path, capsys):
     path = tmp_path / "prompts.txt"
     path.write_bytes("first prompt\nsecond caf\u00e9\n".encode("latin-1"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -42,6 +44,16 @@ def test_boolean_flag_without_value():
 def test_unknown_flag_names_closest_match():
     with pytest.raises(ConfigError, match=r"unknown key '--betta'.*did you mean '--beta'"):
         resolve(["--betta", "0.2"])
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--batch", "--batch-size"), ("--grad", "--grad-accum"), ("--max-prompt", "--max-prompt-length"),
+    ("--dat", "--data"), ("--gradient-check", "--gradient-checkpointing"), ("--train.batch", "--train.batch-size"),
+])
+def test_unknown_flag_that_begins_a_flag_suggests_it(flag, expected):
+    """A flag cut short suggests the one flag it begins (short flags first), not a look-alike."""
+    with pytest.raises(ConfigError, match=rf"unknown key '{re.escape(flag)}'.*did you mean '{re.escape(expected)}'\?"):
+        resolve([flag, "4"])
 
 
 def test_unknown_yaml_key_names_file_and_closest_match(tmp_path):
@@ -95,6 +107,49 @@ def test_handbook_recipe_unknown_flat_keys_are_unused(tmp_path):
     assert config.model.attn_implementation is None
 
 
+def test_recipe_keys_with_dpokit_equivalents_are_mapped(tmp_path):
+    """adam_beta1/2, precompute_ref_log_probs, reference_free and TR-DPO's sync keys map onto dpokit's
+    fields; max_completion_length (no dpokit field) is still listed as unused."""
+    path = tmp_path / "recipe.yaml"
+    head = "model_name_or_path: gpt2\ndataset_name: x.jsonl\n"
+
+    def run(text: str, *flags: str):
+        path.write_text(head + text)
+        return resolve([str(path), *flags])
+
+    config, _, info = run("adam_beta1: 0.8\nadam_beta2: 0.95\nprecompute_ref_log_probs: true\n"
+                          "max_completion_length: 256\n")
+    assert (config.train.adam_betas, config.model.reference) == ((0.8, 0.95), "precomputed")
+    assert info["unused"] == ["max_completion_length"]
+    config, _, _ = run("adam_beta2: 0.98\nreference_free: true\n")
+    assert (config.train.adam_betas, config.model.reference) == ((0.9, 0.98), "none")
+    config, _, info = run("sync_ref_model: true\nref_model_sync_steps: 64\n")
+    assert (config.model.ref_refresh_steps, config.model.ref_refresh_mix, info["unused"]) == (64, 0.6, [])
+    config, _, _ = run("sync_ref_model: true\n")  # TRL's defaults
+    assert (config.model.ref_refresh_steps, config.model.ref_refresh_mix) == (512, 0.6)
+    config, _, _ = run("sync_ref_model: true\nref_model_mixup_alpha: 0.9\n", "--ref-refresh-steps", "10")
+    assert (config.model.ref_refresh_steps, config.model.ref_refresh_mix) == (10, 0.9)
+    # sync_ref_model off: no refresh, and its two settings are named as having no effect.
+    config, _, info = run("sync_ref_model: false\nref_model_sync_steps: 64\nref_model_mixup_alpha: 0.9\n"
+                          "precompute_ref_log_probs: false\n")
+    assert (config.model.ref_refresh_steps, config.model.reference) == (None, "auto")
+    assert info["unused"] == ["ref_model_mixup_alpha", "ref_model_sync_steps"]
+    with pytest.raises(ConfigError, match=r"reference_free and sync_ref_model are both true"):
+        run("reference_free: true\nsync_ref_model: true\n")
+    config, _, _ = resolve(["--data", "x", "--adam_beta1", "0.85", "--precompute_ref_log_probs"])
+    assert (config.train.adam_betas, config.model.reference) == ((0.85, 0.999), "precomputed")
+
+
+def test_print_config_warns_once_about_unused_recipe_keys(capsys, tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("model_name_or_path: gpt2\ndataset_name: x.jsonl\nwandb_tags: [a]\nmax_completion_length: 9\n")
+    assert main(["train", str(path), "--print-config"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("warning: dpokit does not use these keys") == 1
+    assert "max_completion_length, wandb_tags" in captured.err
+    assert yaml.safe_load(captured.out)["model"]["name_or_path"] == "gpt2"  # stdout is the YAML alone
+
+
 def test_dpokit_yaml_unknown_flat_key_is_an_error(tmp_path):
     """Outside a recipe, an unknown key is never silently unused."""
     path = tmp_path / "run.yaml"
@@ -141,6 +196,33 @@ def test_help_lists_fields_with_docstrings(capsys):
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--batch-size | --train.batch-size" in out and "effective batch" in out
+
+
+def test_help_shows_the_short_flags_and_trl_names(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    promised = ("--data --dataset --model --weights --output --steps --epochs --beta --lr --batch-size --grad-accum "
+                "--max-length --max-prompt-length --precision --seed --logging-steps --save-steps --eval-data "
+                "--layout").split()
+    common = out.split("common flags", 1)[1].split("\n\n", 1)[0]  # the section at the top
+    listed = {flag for line in common.splitlines()[1:] for flag in line.split("  ")[1].split(" | ")}
+    assert listed == set(promised)
+    assert "--beta | --loss.beta" in out and "--max-length | --data.max-length" in out
+    assert "--learning_rate" in out and "--per_device_train_batch_size" in out
+
+
+def test_version(capsys):
+    from importlib.metadata import PackageNotFoundError, version
+
+    from dpokit import __version__
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--version"])
+    assert caught.value.code == 0 and capsys.readouterr().out == f"dpokit {__version__}\n"
+    try:
+        assert version("dpokit") == __version__  # pyproject.toml and __init__ agree
+    except PackageNotFoundError:
+        pass
 
 
 def test_every_field_has_a_docstring():

@@ -11,7 +11,8 @@ import pytest
 
 from dpokit.cli import main
 from dpokit.config import DataConfig
-from dpokit.data.sources import load_train_eval
+from dpokit.data.sources import load_train_eval, read_source, resolve_source
+from dpokit.errors import DataError
 
 GOOD = {"prompt": "What is 2 + 2?", "chosen": "2 + 2 is 4.", "rejected": "5"}
 GOOD2 = {"prompt": "Name a colour.", "chosen": "Blue is a colour.", "rejected": "A dog."}
@@ -171,3 +172,81 @@ def test_warning_prompt_alone_longer_than_max_length(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "warning, dropped: 1 row: prompt alone reaches max_length (line 2)" in out
     assert "validate: ok" in out
+
+
+# ---- located precisely: JSON positions, empty messages, mixed completion types -------------------
+
+
+@pytest.mark.parametrize(("line", "char"), [('{"prompt":"a","chosen":"b"', 27),
+                                            ('{"prompt": "a", "chosen": "b" "rejected": "c"}', 31)],
+                         ids=["cut-off", "no-comma"])
+def test_invalid_json_names_the_character_in_the_line(tmp_path, line, char):
+    path = write(tmp_path / "bad.jsonl", [GOOD, line, GOOD2])
+    pairs, report = read_source(resolve_source(str(path)))
+    assert len(pairs) == 2
+    (problem,) = report.problems
+    assert problem.line == 2 and problem.reason == "invalid JSON"
+    assert f"Expecting ',' delimiter at character {char} of the line" in problem.message
+
+
+def test_invalid_json_in_an_array_names_line_and_character(tmp_path):
+    path = tmp_path / "pairs.json"
+    path.write_text('[\n  {"prompt": "a", "chosen": "b", "rejected": "c"},\n  {"prompt": "a" "chosen": "b"}\n]\n')
+    with pytest.raises(DataError, match=r"line 3: invalid JSON \(Expecting ',' delimiter at character 18 of the line\)"):
+        read_source(resolve_source(str(path)))
+
+
+def _turns(*contents: tuple[str, str]) -> list[dict[str, str]]:
+    return [{"role": role, "content": content} for role, content in contents]
+
+
+EMPTY_MESSAGES = [
+    ("user", {"chosen": _turns(("user", ""), ("assistant", "Paris.")),
+              "rejected": _turns(("user", ""), ("assistant", "Lyon."))}, "chosen", "message 0 (user) is empty"),
+    ("assistant-in-rejected", {"chosen": _turns(("user", "Capital?"), ("assistant", "Paris.")),
+                               "rejected": _turns(("user", "Capital?"), ("assistant", "  "))},
+     "rejected", "message 1 (assistant) is empty"),
+    ("explicit-prompt", {"prompt": _turns(("user", "")), "chosen": _turns(("assistant", "Paris.")),
+                         "rejected": _turns(("assistant", "Lyon."))}, "prompt", "message 0 (user) is empty"),
+]
+
+
+@pytest.mark.parametrize(("row", "column", "text"), [c[1:] for c in EMPTY_MESSAGES], ids=[c[0] for c in EMPTY_MESSAGES])
+def test_an_empty_user_or_assistant_message_is_an_empty_field(tmp_path, row, column, text):
+    first = {"chosen": _turns(("user", "Hi"), ("assistant", "Hello.")),
+             "rejected": _turns(("user", "Hi"), ("assistant", "Go away."))}
+    path = write(tmp_path / "chat.jsonl", [first, row])
+    pairs, report = read_source(resolve_source(str(path)))
+    assert len(pairs) == 1
+    (problem,) = report.problems
+    assert (problem.line, problem.column, problem.reason, problem.level) == (2, column, "empty field", "error")
+    assert text in problem.message and problem.hint
+
+
+def test_an_empty_system_message_is_dropped(tmp_path):
+    system = {"role": "system", "content": ""}
+    row = {"chosen": [system, *_turns(("user", "Capital?"), ("assistant", "Paris."))],
+           "rejected": [system, *_turns(("user", "Capital?"), ("assistant", "Lyon."))]}
+    pairs, report = read_source(resolve_source(str(write(tmp_path / "chat.jsonl", [row]))))
+    assert not report.problems
+    assert pairs[0].prompt == _turns(("user", "Capital?")) and pairs[0].chosen == _turns(("assistant", "Paris."))
+
+
+@pytest.mark.parametrize(("text_side", "list_side"), [("chosen", "rejected"), ("rejected", "chosen")])
+def test_a_string_beside_a_message_list_is_a_wrong_type(tmp_path, capsys, text_side, list_side):
+    row = {"prompt": "Capital?", text_side: "Paris.",
+           list_side: _turns(("user", "Capital?"), ("assistant", "Lyon."))}
+    path = write(tmp_path / "mixed.jsonl", [row])
+    _, report = read_source(resolve_source(str(path)))
+    (problem,) = report.problems
+    assert (problem.column, problem.reason) == (text_side, "wrong type")
+    assert f"make {text_side} a list of chat messages like {list_side}" in problem.hint
+    assert main(["data", "validate", str(path)]) == 1
+    assert f"line 1, column '{text_side}'" in capsys.readouterr().out
+
+
+def test_string_completions_after_a_message_prompt_are_assistant_messages(tmp_path):
+    row = {"prompt": _turns(("user", "Capital?")), "chosen": "Paris.", "rejected": "Lyon."}
+    pairs, report = read_source(resolve_source(str(write(tmp_path / "chat.jsonl", [row]))))
+    assert not report.problems and report.format == "conversational"
+    assert pairs[0].chosen == _turns(("assistant", "Paris.")) and pairs[0].rejected == _turns(("assistant", "Lyon."))

@@ -230,3 +230,56 @@ def test_a_local_directory_named_like_a_preset_gets_no_preset_eval(tmp_path, mon
     write(_mkdir(tmp_path / "ultrafeedback") / "train.jsonl", GOOD)
     train, evaluation = load_train_eval(DataConfig(path="ultrafeedback"), seed=0)
     assert len(train) == 2 and evaluation == []
+
+
+# ---- 7. fixes that fit the source: empty local files, typed columns ------------------------------
+
+
+def _parquet(path: Path, table_rows: list[dict] | None = None) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if table_rows:
+        pq.write_table(pa.Table.from_pylist(table_rows), path)
+    else:
+        pq.write_table(pa.table({k: pa.array([], pa.string()) for k in ("prompt", "chosen", "rejected")}), path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["csv-header-only", "parquet-no-rows", "parquet-0-bytes"])
+def test_an_empty_local_file_says_the_file_has_no_rows(tmp_path, kind):
+    if kind == "csv-header-only":
+        path = tmp_path / "pairs.csv"
+        path.write_text("prompt,chosen,rejected\n", encoding="utf-8")
+    elif kind == "parquet-no-rows":
+        path = _parquet(tmp_path / "pairs.parquet")
+    else:
+        path = tmp_path / "pairs.parquet"
+        path.write_bytes(b"")
+    with pytest.raises(DataError) as info:
+        read_source(resolve_source(str(path)))
+    error, message = info.value, str(info.value).split("\n")[0]
+    assert error.reason == "empty file" and message.startswith(f"{path}: the file")
+    assert "no rows" in message or "empty" in message
+    assert "add" in error.hint or "write" in error.hint
+    assert "split" not in str(error) and "data set" not in str(error)
+
+
+def test_a_typed_column_of_the_wrong_type_gets_a_fix_for_its_source(tmp_path):
+    bad = {"prompt": "What is 2 + 2?", "chosen": 4, "rejected": "5"}
+    path = _parquet(tmp_path / "pairs.parquet", [bad])
+    _, report = read_source(resolve_source(str(path)))
+    (problem,) = report.problems
+    assert problem.column == "chosen" and problem.reason == "wrong type"
+    assert "quotes" not in problem.hint and "store chosen as text (string)" in problem.hint
+
+    import datasets
+
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list([bad]).save_to_disk(str(saved))
+    _, report = read_source(resolve_source(str(saved)))
+    (problem,) = report.problems
+    assert problem.column == "chosen" and "quotes" not in problem.hint and "string" in problem.hint
+
+    _, report = read_source(resolve_source(str(write(tmp_path / "pairs.jsonl", [bad]))))  # JSON: quote it
+    assert "quotes" in report.problems[0].hint

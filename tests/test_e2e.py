@@ -49,6 +49,7 @@ def test_training_moves_metrics_the_right_way(trained):
     assert train_rows[-1]["rewards/margins"] > 0.1
     assert train_rows[-1]["rewards/accuracies"] > 0.8
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 30
+    assert evals[0]["epoch"] == 0 and evals[-1]["epoch"] == train_rows[-1]["epoch"]  # as TRL's eval rows
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     assert evals[-1]["eval_rewards/accuracies"] >= 0.7
     assert evals[-1]["eval_policy_preference"] > evals[0]["eval_policy_preference"]

@@ -206,6 +206,9 @@ def test_compiled_decoder_gives_same_numbers(llama_dir, tiny_tokenizer):
     ({"model_type": "mistral", "sliding_window": 4096}, 128, "prefix"),  # never bites at this length
     ({"model_type": "qwen2", "sliding_window": 8, "use_sliding_window": False}, 128, "prefix"),
     ({"model_type": "falcon", "alibi": True}, 128, "padded"),
+    ({"model_type": "gpt_neo", "attention_types": [[["global", "local"], 1]], "window_size": 8}, 128, "padded"),
+    ({"model_type": "gpt_neo", "attention_types": [[["global"], 2]], "window_size": 8}, 128, "prefix"),
+    ({"model_type": "llama", "attn_implementation": "flash_attention_2"}, 128, "packed"),  # no mask there
     ({"model_type": "llama"}, 128, "prefix"),
 ])
 def test_layout_falls_back_where_the_mask_would_change_attention(config, max_length, expected):
@@ -214,12 +217,32 @@ def test_layout_falls_back_where_the_mask_would_change_attention(config, max_len
     from dpokit.logps import layout_for
 
     kind = config.pop("model_type")
+    attn = config.pop("attn_implementation", None)
     tiny = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
-            "num_hidden_layers": 1, "num_key_value_heads": 2}
+            "num_hidden_layers": 2 if kind == "gpt_neo" else 1, "num_key_value_heads": 2}
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(kind, **tiny, **config))
+    if attn is not None:  # the kernel is not installed here: only the config says which one runs
+        model.config._attn_implementation = attn
     layout, why = layout_for(model, "prefix", max_length)
     assert layout == expected
     assert (why is None) == (expected == "prefix")
+
+
+@pytest.mark.parametrize("kind, text, expected", [
+    ("gemma3", {"sliding_window": 8}, 8),  # composite: the window sits in text_config
+    ("llama4", {"attention_chunk_size": 16}, 16),  # chunked attention is a window by another name
+    ("llama", {}, None),
+])
+def test_attention_window_is_found_where_the_config_keeps_it(kind, text, expected):
+    from transformers import AutoConfig
+
+    from dpokit.logps import attention_window
+
+    if kind == "llama":
+        config = AutoConfig.for_model(kind)
+    else:
+        config = AutoConfig.for_model(kind, text_config=text)
+    assert attention_window(config) == expected
 
 
 def test_sliding_window_is_why_prefix_would_differ(tiny_tokenizer):

@@ -157,6 +157,29 @@ def test_dpo_from_an_sft_adapter_refers_to_the_sft_model(tmp_path, llama_dir):
         assert (reference - logps(raw_base, batch)).abs().max() > 1e-2  # not the raw base
 
 
+def test_qlora_from_an_sft_adapter_quantises_the_saved_merge_once(tmp_path, llama_dir):
+    """The SFT model saved beside its adapter is loaded and quantised as it is: merging the
+    adapter into an already 4-bit base would round twice and give another reference."""
+    pytest.importorskip("bitsandbytes")
+    from dpokit.models import load_model
+
+    sft_cfg = ModelConfig(name_or_path=str(llama_dir), lora=True, lora_r=4)
+    sft_policy = load_policy(sft_cfg, CPU)
+    randomise_lora(sft_policy, seed=1)
+    save_policy(sft_policy, tmp_path / "sft", load_tokenizer(sft_cfg))
+
+    def quantised(source: Path) -> dict[str, torch.Tensor]:
+        model = load_model(ModelConfig(name_or_path=str(source), load_in_4bit=True, gradient_checkpointing=False),
+                           CPU)
+        return model, {k: v.float() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    from_adapter, weights = quantised(tmp_path / "sft" / ADAPTER_DIR)
+    _, expected = quantised(tmp_path / "sft")
+    assert Path(from_adapter.name_or_path).resolve() == (tmp_path / "sft").resolve()
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[k], expected[k]) for k in weights)
+
+
 def adapter_config_base(final: Path) -> str:
     return json.loads((final / ADAPTER_DIR / "adapter_config.json").read_text())["base_model_name_or_path"]
 

@@ -257,3 +257,22 @@ def test_discopop_raises_the_margin_past_its_bump(toy):
     model, batch = toy
     before, after = margin_after_steps("discopop", model, batch, head_start=1.5)  # beta h = 0.3 at the start
     assert before == pytest.approx(0.3) and after > before + 1e-3
+
+
+@pytest.mark.parametrize("keys, ignored", [
+    ({"loss_type": "ipo", "label_smoothing": 0.1}, ["label_smoothing=0.1"]),
+    ({"loss_type": "sigmoid", "simpo_gamma": 1.0, "orpo_lambda": 0.2}, ["simpo_gamma=1.0", "orpo_lambda=0.2"]),
+    ({"loss_type": "simpo", "label_smoothing": 0.1, "simpo_gamma": 1.0}, []),
+    ({"loss_type": "sigmoid,orpo", "orpo_lambda": 0.2}, []),  # a combination reads what its parts read
+])
+def test_settings_the_loss_does_not_read_are_named(keys, ignored):
+    from dpokit.losses import ignored_settings
+
+    assert ignored_settings(LossConfig(**keys)) == ignored
+
+
+def test_rewards_follow_an_explicit_sequence_logps():
+    from dpokit.losses import rewards_per_token
+
+    assert rewards_per_token("simpo") and rewards_per_token("ipo") and not rewards_per_token("sigmoid")
+    assert not rewards_per_token("simpo", "sum") and rewards_per_token("sigmoid", "mean")

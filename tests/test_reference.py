@@ -161,14 +161,31 @@ def test_auto_picks_the_strategy(tmp_path, llama_dir):
     assert pick(**{"model.lora": True, "model.ref_model": "x"}) == "model"
     assert strategy_name(make_config(tmp_path, llama_dir), False) == "none"
     free = [name for name, spec in LOSSES.items() if not spec.needs_reference]
-    if free:  # a reference-free loss runs with no reference at all
-        run = setup(make_config(tmp_path, llama_dir, **{"loss.loss_type": free[0]}))
+    for asked in ("auto", "copy"):  # a reference-free loss runs with no reference, whatever was asked
+        run = setup(make_config(tmp_path, llama_dir, **{"loss.loss_type": free[0], "model.reference": asked}))
         assert type(run.reference) is Reference
         assert run.forward(run.batch(run.train_pairs[:2]), run.train_pairs[:2])[1] is None
 
 
+def test_reference_none_with_dpo_is_reference_free_dpo(tmp_path, llama_dir):
+    """TRL's reference_free: reference log-probs are 0, so the first-step loss is not ln 2 but
+    -log sigmoid(beta * (logp_w - logp_l)) and the rewards are beta * the policy's log-probs."""
+    from dpokit.reference import Zeros
+    from dpokit.train import loss_inputs
+
+    run = setup(make_config(tmp_path, llama_dir, **{"model.reference": "none"}))
+    assert isinstance(run.reference, Zeros)
+    pairs = run.train_pairs[:2]
+    with torch.no_grad():
+        policy, reference = run.forward(run.batch(pairs), pairs)
+        out = run.loss.fn(loss_inputs(policy, reference, 0.1), run.config.loss)
+    assert torch.equal(reference.logps, torch.zeros(4))
+    expected = -torch.nn.functional.logsigmoid(0.1 * (policy.chosen - policy.rejected))
+    torch.testing.assert_close(out.losses, expected)
+    torch.testing.assert_close(out.chosen_rewards, 0.1 * policy.chosen)
+
+
 @pytest.mark.parametrize("keys, message", [
-    ({"model.reference": "none"}, "needs a reference"),
     ({"model.lora": True, "model.ref_refresh_steps": 5}, "TR-DPO"),
     ({"model.reference": "precomputed", "model.ref_refresh_steps": 5}, "TR-DPO"),
 ])

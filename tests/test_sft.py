@@ -193,3 +193,19 @@ def test_preference_pair_trains_exactly_the_chosen_tokens_dpo_scores(tiny_tokeni
     dpo = tokenize_pair(pair, tiny_tokenizer, 64)
     assert example.input_ids == dpo.prompt_ids + dpo.chosen_ids
     assert [t for t, m in zip(example.input_ids, example.mask) if m] == dpo.chosen_ids
+
+
+def test_non_finite_nll_stops_before_the_update(tmp_path, llama_dir):
+    from dpokit.errors import DpokitError
+
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["prompt"], "completion": " " + r["chosen"]}
+                                                for r in sample_pairs(4, 1)])
+    run = setup_sft(sft_config(tmp_path, llama_dir, data, **{"train.batch_size": 2}))
+    with torch.no_grad():
+        run.policy.get_output_embeddings().weight[:, 0] = float("nan")
+    before = {n: p.detach().clone() for n, p in run.policy.named_parameters()}
+    with pytest.raises(DpokitError, match=r"step 1: the loss is nan; the run is stopped before the update"):
+        sft_step(run, TokenMeans())
+    assert run.state.step == 0
+    for n, p in run.policy.named_parameters():
+        assert torch.equal(p.nan_to_num(), before[n].nan_to_num()), n

@@ -143,3 +143,26 @@ def test_num_tokens_and_grad_norm_as_trl_logs_them(tmp_path, llama_dir):
         seen.append(run.state.tokens_seen)
     assert len({p.num_tokens for p in run.train_pairs}) == 1  # all pairs alike: 4 of them in the step
     assert seen == [4 * run.train_pairs[0].num_tokens] * 2
+
+
+def test_warmup_rounds_up_as_transformers_does():
+    from dpokit.config import Config
+    from dpokit.train import warmup_steps
+
+    config = Config()
+    config.train.warmup_ratio = 0.1
+    assert warmup_steps(config, 5) == 1  # a short run still warms up
+    assert warmup_steps(config, 120) == 12
+
+
+def test_output_with_old_checkpoints_is_named_in_a_note(tmp_path):
+    from dpokit.train import make_output_dir
+
+    for step in (4, 12):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    notes = []
+    make_output_dir(tmp_path, notes.append)
+    assert len(notes) == 1 and "checkpoint-4, checkpoint-12" in notes[0] and "earlier run" in notes[0]
+    notes.clear()
+    make_output_dir(tmp_path / "fresh", notes.append)
+    assert notes == []

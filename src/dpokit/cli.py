@@ -30,18 +30,21 @@ def cmd_train(argv: list[str], command: str = "train") -> int:
         print((SFT_HELP if command == "sft" else "") + cfgmod.help_text(command))
         return 0
     config, switches, info = cfgmod.resolve(argv, command)
+    if info.get("unused"):  # on stderr, so --print-config's YAML stays clean
+        print(f"warning: dpokit does not use these keys, so they have no effect: {', '.join(info['unused'])}",
+              file=sys.stderr)
     if "print_config" in switches:
         print(config.to_yaml(), end="")
         return 0
-    if info.get("unused"):
-        print(f"warning: dpokit does not use these keys, so they have no effect: {', '.join(info['unused'])}",
-              file=sys.stderr)
     if info["demo"]:
         what = "SFT on the chosen answers of the sample pairs" if command == "sft" else "the built-in demo"
         print(f"no --data given: running {what} (sample pairs, tiny model); "
               f"`dpokit {command} --help` shows every option", flush=True)
+    from transformers.utils import logging as hf_logging
+
     from dpokit import dist
 
+    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars at every save
     try:
         if command == "sft":
             from dpokit.sft import sft
@@ -71,6 +74,8 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
     from dpokit.data.jsonl import write_jsonl
     from dpokit.data.samples import sample_pairs
 
+    if args.n < 1:
+        raise DpokitError(f"--n must be at least 1 (got {args.n}): the number of sample pairs to write")
     rows = sample_pairs(args.n, seed=args.seed)
     with naming(args.output):
         write_jsonl(args.output, rows)
@@ -170,7 +175,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from dpokit import __version__
+
     parser = argparse.ArgumentParser(prog="dpokit", description="Align causal LMs with human preferences (DPO).")
+    parser.add_argument("--version", action="version", version=f"dpokit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train with DPO (see `dpokit train --help`)", add_help=False)
     sub.add_parser("sft", help="supervised fine-tuning before DPO (see `dpokit sft --help`)", add_help=False)
@@ -181,10 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--output", default="preference_data.jsonl", help="JSONL file to write")
     sample.add_argument("--n", type=int, default=10, help="number of pairs (default 10)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the generator")
-    sample.set_defaults(func=cmd_data_sample)
+    sample.set_defaults(func=cmd_data_sample, parser=sample)
     add = data_sub.add_parser("add", help="type pairs in (also reads a pipe); 'done' ends")
     add.add_argument("--output", default="my_prefs.jsonl", help="JSONL file to append to")
-    add.set_defaults(func=cmd_data_add)
+    add.set_defaults(func=cmd_data_add, parser=add)
     for name, text in (("validate", "check every row of a data source; exit 1 on bad rows"),
                        ("stats", "token lengths, truncation at --max-length, duplicates"),
                        ("prepare", "normalise (+ tokenize with --model) once into --output-dir")):
@@ -204,8 +212,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", default="auto")
     gen.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
-    gen.set_defaults(func=cmd_generate)
+    gen.set_defaults(func=cmd_generate, parser=gen)
     return parser
+
+
+def unknown_argument_message(extra: list[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's "unrecognized arguments", with the closest option (the helper `dpokit train` uses)."""
+    from dpokit.config import closest_name
+
+    prog = parser.prog
+    flag = next((a.split("=", 1)[0] for a in extra if a.startswith("-")), None)
+    if flag is None:
+        return f"unexpected argument '{extra[0]}' for `{prog}` (`{prog} --help` lists its options)"
+    options: dict[str, str] = {}  # normalised -> as shown (the first, hyphenated spelling)
+    for action in parser._actions:  # argparse has no public list of a parser's options
+        for option in action.option_strings:
+            options.setdefault(option.lstrip("-").replace("-", "_"), option)
+    close = closest_name(flag.lstrip("-").replace("-", "_"), options)
+    hint = f"; did you mean '{options[close]}'?" if close else ""
+    return f"unknown option '{flag}' for `{prog}`{hint} (`{prog} --help` lists them all)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
             from dpokit.data.validate import run as run_data_command
 
             return run_data_command(argv[1], argv[2:])
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:
+            raise DpokitError(unknown_argument_message(extra, args.parser))
         return args.func(args)
     except DpokitError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,6 +19,7 @@ import ast
 import difflib
 import inspect
 import textwrap
+from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -61,7 +62,8 @@ class ModelConfig:
     """Where the reference log-probs come from (``reference.py``): ``copy``, a frozen copy of the
     starting policy; ``model``, the separate model ``ref_model``; ``lora``, the policy's base with its
     LoRA adapters switched off (no second copy); ``precomputed``, one pass before training, cached on
-    disk, no reference model in memory while training; ``none`` (reference-free losses). ``auto``:
+    disk, no reference model in memory while training; ``none``: reference-free losses, or with a loss
+    that needs a reference, reference log-probs of 0 (TRL's ``reference_free``). ``auto``:
     none for reference-free losses, else ``model`` when ``ref_model`` is set, ``lora`` with LoRA,
     else ``copy``."""
     ref_model: str | None = None
@@ -131,7 +133,7 @@ class DataConfig:
     data_dir: str | None = None
     """``data_dir`` of a hub data set (e.g. ``harmless-base`` of ``Anthropic/hh-rlhf``)."""
     format: Literal["auto", "plain", "conversational", "implicit", "orca"] = "auto"
-    """Row format (``data/formats.py``); ``auto`` detects it from the first row: ``plain`` prompt /
+    """Row format (``data/formats.py``); ``auto`` detects it from the first well-formed row: ``plain`` prompt /
     chosen / rejected strings, ``conversational`` chat message lists, ``implicit`` whole dialogues
     (HH-RLHF), ``orca`` system + question."""
     columns: dict[str, str] | list[str] | None = None
@@ -141,9 +143,12 @@ class DataConfig:
     """A mixture of data sets (alignment-handbook ``dataset_mixture``): ``{datasets: [{id, split,
     weight, columns}], seed, test_split_size}``; a weight is the fraction of that data set to take."""
     eval_path: str | None = None
-    """Evaluation data (any source ``path`` accepts). Evaluation runs only when eval data is given."""
+    """Evaluation data (any source ``path`` accepts). Evaluation runs only when eval data is given:
+    this, ``eval_split``, ``eval_fraction``, or a preset's test split (``--dataset ultrafeedback``
+    evaluates on ``test_prefs``)."""
     eval_split: str | None = None
-    """A split of the training source (or of each mixture data set) to evaluate on, e.g. ``test_prefs``."""
+    """A split of the training source (or of each mixture data set) to evaluate on, e.g. ``test_prefs``;
+    with ``eval_path``, the split of that source. None: a preset's test split, if it has one."""
     eval_fraction: float = 0.0
     """Hold out this fraction of the training pairs (after shuffling with the seed) for evaluation."""
     on_bad_row: Literal["error", "skip"] = "error"
@@ -338,7 +343,7 @@ ALIASES: dict[str, str] = {
     "model": "model.name_or_path",
     "weights": "model.weights",
     "precision": "model.precision",
-    "dataset": "data.path",  # (before "data", so `--help` shows --data)
+    "dataset": "data.path",
     "data": "data.path",
     "eval_data": "data.eval_path",
     "output": "output.dir",
@@ -369,18 +374,28 @@ ALIASES: dict[str, str] = {
     "use_peft": "model.lora",  # TRL's flag for LoRA
 }
 
+# The short flags, in the order `dpokit train --help` lists them first: aliases above, or field names
+# unique across sections. An unknown flag that begins one of them is taken for it (`--batch` ->
+# `--batch-size`).
+SHORT_FLAGS = ("data", "dataset", "model", "weights", "output", "steps", "epochs", "beta", "lr", "batch_size",
+               "grad_accum", "max_length", "max_prompt_length", "precision", "seed", "logging_steps", "save_steps",
+               "eval_data", "layout")
+
 
 # Recipe keys whose values need converting (`_convert_recipe_keys`): bf16 / fp16 / torch_dtype ->
 # model.precision, max_steps -1 -> no step limit, HF scheduler names, dataset_splits -> split and
-# eval_split, a worker count of null -> unchanged, use_flash_attention_2 -> attn_implementation.
+# eval_split, a worker count of null -> unchanged, use_flash_attention_2 -> attn_implementation,
+# adam_beta1 / adam_beta2 -> adam_betas, the reference switches -> model.reference and TR-DPO's refresh.
 RECIPE_KEYS = ("torch_dtype", "dtype", "bf16", "fp16", "max_steps", "lr_scheduler_type", "dataset_splits",
-               "preprocessing_num_workers", "dataset_num_proc", "use_flash_attention_2")
+               "preprocessing_num_workers", "dataset_num_proc", "use_flash_attention_2", "adam_beta1",
+               "adam_beta2", "precompute_ref_log_probs", "reference_free", "sync_ref_model",
+               "ref_model_sync_steps", "ref_model_mixup_alpha")
 
 # Keys of Hugging Face TrainingArguments, TRL's DPOConfig / ModelConfig / ScriptArguments and
 # alignment-handbook recipes that dpokit does not use: a recipe runs as is, and they are listed
 # in one warning instead of failing. Any other unknown key is an error with the closest match.
 HF_UNUSED_KEYS = frozenset("""
-    adafactor adam_beta1 adam_beta2 adam_epsilon auto_find_batch_size auto_insert_empty_system_msg
+    adafactor adam_epsilon auto_find_batch_size auto_insert_empty_system_msg
     bf16_full_eval bnb_4bit_quant_type bnb_4bit_compute_dtype chat_template_path data_seed dataloader_drop_last
     dataloader_num_workers dataloader_persistent_workers dataloader_pin_memory dataloader_prefetch_factor
     dataset_kwargs dataset_text_field ddp_backend ddp_find_unused_parameters ddp_timeout deepspeed
@@ -394,10 +409,10 @@ HF_UNUSED_KEYS = frozenset("""
     lora_target_modules lora_task_type max_completion_length max_target_length metric_for_best_model
     model_adapter_name model_init_kwargs neftune_noise_alpha num_proc optim optim_args optim_target_modules
     overwrite_output_dir padding_free padding_value past_index per_device_eval_batch_size precompute_ref_batch_size
-    precompute_ref_log_probs prediction_loss_only push_to_hub ref_adapter_name ref_model_init_kwargs
-    ref_model_mixup_alpha ref_model_sync_steps remove_unused_columns report_to restore_callback_states_from_checkpoint
+    prediction_loss_only push_to_hub ref_adapter_name ref_model_init_kwargs
+    remove_unused_columns report_to restore_callback_states_from_checkpoint
     resume_from_checkpoint rpo_alpha run_name save_on_each_node save_only_model save_safetensors save_strategy
-    save_total_limit skip_memory_metrics sync_ref_model tf32 tokenizer_name_or_path torch_compile
+    save_total_limit skip_memory_metrics tf32 tokenizer_name_or_path torch_compile
     torch_compile_backend torch_compile_mode torch_empty_cache_steps tools truncation_mode truncation_side
     use_bnb_nested_quant use_cpu use_liger_kernel use_logits_to_keep use_mps_device use_peft use_weighting
     wandb_entity wandb_project wandb_run_group warmup_min_lr text_column ddp_bucket_cap_mb
@@ -407,8 +422,12 @@ HF_UNUSED_KEYS = frozenset("""
     accelerator_config parallelism_config dataloader_multiprocessing_context dataloader_in_order
     train_sampling_strategy length_column_name ddp_broadcast_buffers ddp_static_graph debug
     jit_mode_eval use_ipex bf16 fp16_opt_level half_precision_backend mp_parameters split_batches
-    dispatch_batches include_inputs_for_metrics torchdynamo ray_scope reference_free
+    dispatch_batches include_inputs_for_metrics torchdynamo ray_scope
 """.split()) - set(RECIPE_KEYS)
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).lower() in ("true", "1", "yes")
 
 
 def _convert_recipe_keys(flat: dict[str, Any], where: str) -> dict[str, Any]:
@@ -417,25 +436,21 @@ def _convert_recipe_keys(flat: dict[str, Any], where: str) -> dict[str, Any]:
     if not recipe:
         return flat
     out = {k: v for k, v in flat.items() if not k.startswith("recipe.")}
-
-    def truthy(value: Any) -> bool:
-        return value is True or str(value).lower() in ("true", "1", "yes")
-
     if "model.precision" not in out:
-        if truthy(recipe.get("bf16")) and truthy(recipe.get("fp16")):
+        if _truthy(recipe.get("bf16")) and _truthy(recipe.get("fp16")):
             raise ConfigError(f"{where}: bf16 and fp16 are both true; set one of them")
         dtypes = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16",
                   "float32": "fp32", "fp32": "fp32", "float": "fp32"}
         dtype = recipe.get("torch_dtype", recipe.get("dtype"))
-        if truthy(recipe.get("bf16")):
+        if _truthy(recipe.get("bf16")):
             out["model.precision"] = "bf16"
-        elif truthy(recipe.get("fp16")):
+        elif _truthy(recipe.get("fp16")):
             out["model.precision"] = "fp16"
         elif dtype not in (None, "auto"):
             if str(dtype) not in dtypes:
                 raise ConfigError(f"{where}: torch_dtype {dtype!r} is not one of {', '.join(dtypes)} or auto")
             out["model.precision"] = dtypes[str(dtype)]
-    if truthy(recipe.get("use_flash_attention_2")) and "model.attn_implementation" not in out:
+    if _truthy(recipe.get("use_flash_attention_2")) and "model.attn_implementation" not in out:
         out["model.attn_implementation"] = "flash_attention_2"
     if "max_steps" in recipe:
         steps = recipe["max_steps"]
@@ -443,6 +458,10 @@ def _convert_recipe_keys(flat: dict[str, Any], where: str) -> dict[str, Any]:
     if "lr_scheduler_type" in recipe:
         name = recipe["lr_scheduler_type"]
         out["train.scheduler"] = {"constant_with_warmup": "constant", "cosine_with_min_lr": "cosine"}.get(name, name)
+    if ("adam_beta1" in recipe or "adam_beta2" in recipe) and "train.adam_betas" not in out:
+        default = TrainConfig.adam_betas  # the beta not given keeps its default (TRL's too)
+        out["train.adam_betas"] = [recipe.get("adam_beta1", default[0]), recipe.get("adam_beta2", default[1])]
+    _convert_reference_keys(recipe, out, where)
     for key in ("preprocessing_num_workers", "dataset_num_proc"):
         if recipe.get(key) is not None:
             out["data.num_proc"] = recipe[key]
@@ -456,6 +475,31 @@ def _convert_recipe_keys(flat: dict[str, Any], where: str) -> dict[str, Any]:
         if test:
             out["data.eval_split"] = test[0]
     return out
+
+
+# TRL's DPOConfig defaults of TR-DPO's refresh (Gorbatovski et al. 2024), used when sync_ref_model is on.
+TRL_SYNC_STEPS, TRL_MIXUP_ALPHA = 512, 0.6
+
+
+def _convert_reference_keys(recipe: dict[str, Any], out: dict[str, Any], where: str) -> None:
+    """TRL's reference switches -> model.reference / model.ref_refresh_*: ``reference_free`` -> none,
+    ``precompute_ref_log_probs`` -> precomputed, ``sync_ref_model`` (with ``ref_model_sync_steps``,
+    ``ref_model_mixup_alpha``) -> a refresh every so many steps. Without ``sync_ref_model: true`` the
+    two refresh settings do nothing (as in TRL) and are listed as unused."""
+    on = [k for k in ("reference_free", "precompute_ref_log_probs", "sync_ref_model") if _truthy(recipe.get(k))]
+    if len(on) > 1:
+        raise ConfigError(f"{where}: {' and '.join(on)} are {'both' if len(on) == 2 else 'all'} true, but each "
+                          "picks a different reference; set one of them")
+    if "reference_free" in on:
+        out.setdefault("model.reference", "none")
+    elif "precompute_ref_log_probs" in on:
+        out.setdefault("model.reference", "precomputed")
+    for key, field_key, default in (("ref_model_sync_steps", "model.ref_refresh_steps", TRL_SYNC_STEPS),
+                                    ("ref_model_mixup_alpha", "model.ref_refresh_mix", TRL_MIXUP_ALPHA)):
+        if "sync_ref_model" in on:
+            out.setdefault(field_key, recipe.get(key, default))
+        elif key in recipe:
+            out[f"unused.{key}"] = recipe[key]
 
 
 def unused_keys(flat: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -515,6 +559,18 @@ def _lookup_key(norm: str) -> str | None:
     return None
 
 
+def closest_name(name: str, names: Mapping[str, str], short: Iterable[str] = (), cutoff: float = 0.6) -> str | None:
+    """The spelling in ``names`` ({spelling: what it sets}) that an unknown ``name`` most likely meant:
+    the one thing that ``name`` begins among the ``short`` spellings (``batch`` -> ``batch_size``), else
+    among all, else the closest spelling (difflib). Also used for `dpokit generate`'s flags."""
+    for pool in (short, names):
+        hits = sorted((n for n in pool if n in names and n.startswith(name)), key=len)
+        if hits and len({names[n] for n in hits}) == 1:
+            return hits[0]
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
 def closest_key(norm: str, cutoff: float = 0.6) -> str | None:
     """The accepted key closest to an unknown one; under a section (``train.lern_rate``), a field
     of that section, shown dotted (``train.lr``)."""
@@ -522,11 +578,9 @@ def closest_key(norm: str, cutoff: float = 0.6) -> str | None:
     if dot and section in SECTIONS:
         choices = {f.name: f"{section}.{f.name}" for f in fields(SECTIONS[section])}
         choices.update({alias: key for alias, key in ALIASES.items() if key.startswith(f"{section}.")})
-        close = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
-        if close:
-            return choices[close[0]]
-    close = difflib.get_close_matches(norm, [*KEYS, *SECTIONS], n=1, cutoff=cutoff)
-    return close[0] if close else None
+        if close := closest_name(name, choices, SHORT_FLAGS, cutoff):
+            return choices[close]
+    return closest_name(norm, {**KEYS, **{s: s for s in SECTIONS}}, SHORT_FLAGS, cutoff)
 
 
 def _normalise(key: str) -> str:
@@ -793,21 +847,31 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def help_text(command: str = "train") -> str:
-    short = {v: k for k, v in ALIASES.items() if "_" not in k or k in ("batch_size", "grad_accum", "eval_data")}
+    short: dict[str, list[str]] = {}  # dotted key -> its short flags
+    for name in SHORT_FLAGS:
+        short.setdefault(KEYS[name], []).append(f"--{name.replace('_', '-')}")
+    defaults = {f"{s}.{f.name}": f.default for s, cls in SECTIONS.items() for f in fields(cls)}
+    trl = ("TRL / alignment-handbook names work too, as flags and as the flat keys of a YAML recipe: "
+           "--learning_rate, --per_device_train_batch_size, --gradient_accumulation_steps, --num_train_epochs, "
+           "--model_name_or_path, --dataset_name, --output_dir, --max_steps, --bf16, --lr_scheduler_type, "
+           "--adam_beta1, --precompute_ref_log_probs, --sync_ref_model, ...; those dpokit has no use for are "
+           "named in a warning.")
     lines = [
         f"usage: dpokit {command} [CONFIG.yaml] [--KEY VALUE ...] [--print-config]",
         "",
         "With no config file and no --data, runs the built-in demo (sample pairs, tiny model).",
         "Keys: --section.field, or a field name alone when unique, or a short flag; '-' or '_' alike.",
+        *textwrap.wrap(trl, 100),
+        "",
+        "common flags (each is a key listed below):",
+        *(f"  {' | '.join(flags):<24} {key} (default: {defaults[key]})" for key, flags in short.items()),
     ]
     for section, cls in SECTIONS.items():
         lines += ["", f"{section}: {cls.__doc__.strip()}"]
         docs = field_docs(cls)
         for f in fields(cls):
             key = f"{section}.{f.name}"
-            flags = [f"--{key.replace('_', '-')}"]
-            if key in short:
-                flags.insert(0, f"--{short[key].replace('_', '-')}")
+            flags = [*short.get(key, []), f"--{key.replace('_', '-')}"]
             default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
             lines.append(f"  {' | '.join(flags)}  (default: {default})")
             lines += textwrap.wrap(docs.get(f.name, ""), 96, initial_indent="      ", subsequent_indent="      ")

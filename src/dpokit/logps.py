@@ -75,7 +75,7 @@ def logit_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] 
     ``z * logit_scale``) and logit division (Granite: ``z / logits_scaling``). Anything else is
     caught by `head_matches_forward`, which sends the model down the plain full-logits path.
     """
-    config = unwrap(model).config
+    config = text_config(unwrap(model).config)
     cap = getattr(config, "final_logit_softcapping", None)
     scale = getattr(config, "logit_scale", None)
     divide = getattr(config, "logits_scaling", None)
@@ -88,26 +88,50 @@ def logit_transform(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] 
     return None
 
 
+def text_config(config):
+    """The language model's config: ``config.text_config`` of a composite (vision-language)
+    model such as Gemma 3, else ``config`` itself."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def attention_window(config) -> int | None:
+    """The narrowest local attention span the model applies, or None for full attention:
+    ``sliding_window`` (Mistral, Gemma 2/3, Qwen2 when ``use_sliding_window``),
+    ``attention_chunk_size`` (Llama 4) or GPT-Neo's ``window_size`` on its local layers."""
+    config = text_config(config)
+    spans = [getattr(config, "attention_chunk_size", None)]
+    if getattr(config, "use_sliding_window", True) is not False:  # e.g. Qwen2 configs carry an unused window
+        spans.append(getattr(config, "sliding_window", None))
+    if "local" in (getattr(config, "attention_layers", None) or ()):  # GPT-Neo
+        spans.append(getattr(config, "window_size", None))
+    spans = [s for s in spans if isinstance(s, int) and s > 0]
+    return min(spans) if spans else None
+
+
 def layout_for(model: nn.Module, layout: str, max_length: int) -> tuple[str, str | None]:
     """The layout to use for ``model``, and why it differs from ``layout`` (None when it does not).
 
-    The packing layouts pass their own attention mask, which replaces the model's: a sliding
-    attention window narrower than ``max_length`` would be lost, and ALiBi biases follow token
-    distances in the row, which ``prefix`` rows stretch. Such models get ``padded``.
+    The packing layouts pass their own attention mask, which replaces the model's: a local
+    attention window narrower than ``max_length`` would be lost (and ``prefix`` rows stretch
+    token distances), as would ALiBi biases, which follow token distances in the row. Such models
+    get ``padded``. Flash-attention kernels take no mask, so ``prefix`` becomes ``packed`` there.
     """
     if layout == "padded":
         return layout, None
-    config = unwrap(model).config
-    window = getattr(config, "sliding_window", None)
-    if getattr(config, "use_sliding_window", True) is False:  # e.g. Qwen2 configs carry an unused window
-        window = None
+    inner = unwrap(model)
+    config = text_config(inner.config)
+    window = attention_window(config)
     if window and window < max_length:
-        return "padded", (f"{config.model_type} attends through a sliding window of {window} tokens, shorter "
+        return "padded", (f"{config.model_type} attends through a local window of {window} tokens, shorter "
                           f"than --max-length {max_length}; layout {layout!r} would drop the window, so "
                           "--layout padded is used")
     if getattr(config, "alibi", False) or config.model_type in ("bloom", "mpt"):
         return "padded", (f"{config.model_type} uses ALiBi position biases, which layout {layout!r} would "
                           "distort; --layout padded is used")
+    if layout == "prefix" and "flash" in str(getattr(inner.config, "_attn_implementation", "")):
+        return "packed", ("flash attention takes no attention mask, which layout 'prefix' needs; --layout "
+                          "packed is used (sequences end to end, no padding)")
     return layout, None
 
 

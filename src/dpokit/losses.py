@@ -98,6 +98,7 @@ class LossSpec:
     logps: Literal["sum", "mean"] | None = "sum"
     nll: float = 0.0
     default_beta: float = 0.1
+    settings: tuple[str, ...] = ()  # the loss-specific LossConfig fields the formula reads
 
     def pair_loss(self, x: LossInputs, cfg: LossConfig) -> LossOutput:
         """The formula on the log-probs in its declared form, plus the loss's own NLL term."""
@@ -310,19 +311,21 @@ def sft_loss(x: LossInputs, cfg: LossConfig) -> LossOutput:
 LOSSES: dict[str, LossSpec] = {
     spec.name: spec
     for spec in [
-        LossSpec("sigmoid", sigmoid_loss, True, "DPO (cDPO with label_smoothing)"),
-        LossSpec("robust", robust_loss, True, "robust DPO under label noise (label_smoothing = flip rate)"),
+        LossSpec("sigmoid", sigmoid_loss, True, "DPO (cDPO with label_smoothing)", settings=("label_smoothing",)),
+        LossSpec("robust", robust_loss, True, "robust DPO under label noise (label_smoothing = flip rate)",
+                 settings=("label_smoothing",)),
         LossSpec("ipo", ipo_loss, True, "IPO, squared loss toward a margin of 1/(2 beta)", logps="mean"),
         LossSpec("hinge", hinge_loss, True, "hinge loss (SLiC / RSO)"),
-        LossSpec("exo_pair", exo_pair_loss, True, "EXO, pairwise"),
+        LossSpec("exo_pair", exo_pair_loss, True, "EXO, pairwise", settings=("label_smoothing",)),
         LossSpec("nca_pair", nca_pair_loss, True, "NCA, pairwise"),
         LossSpec("sppo_hard", sppo_hard_loss, True, "SPPO with hard labels"),
         LossSpec("apo_zero", apo_zero_loss, True, "APO-zero (chosen better than the model's outputs)"),
         LossSpec("apo_down", apo_down_loss, True, "APO-down (chosen worse than the model's outputs)"),
-        LossSpec("discopop", discopop_loss, True, "DiscoPOP, log-ratio modulated"),
+        LossSpec("discopop", discopop_loss, True, "DiscoPOP, log-ratio modulated", settings=("discopop_tau",)),
         LossSpec("simpo", simpo_loss, False, "SimPO, reference-free, length-normalised", logps="mean",
-                 default_beta=2.0),
-        LossSpec("orpo", orpo_loss, False, "ORPO, reference-free, NLL + odds ratio", logps="mean", nll=1.0),
+                 default_beta=2.0, settings=("simpo_gamma", "label_smoothing")),
+        LossSpec("orpo", orpo_loss, False, "ORPO, reference-free, NLL + odds ratio", logps="mean", nll=1.0,
+                 settings=("orpo_lambda",)),
         LossSpec("sft", sft_loss, False, "NLL of the chosen answers only", logps="mean", nll=1.0),
     ]
 }
@@ -365,15 +368,25 @@ def get_loss(name: str) -> LossSpec:
         return LossOutput(losses, outs[0].chosen_rewards, outs[0].rejected_rewards, token_loss)
 
     return LossSpec(",".join(names), combined, any(p.needs_reference for p in parts),
-                    " + ".join(p.summary for p in parts), logps=None, default_beta=parts[0].default_beta)
+                    " + ".join(p.summary for p in parts), logps=None, default_beta=parts[0].default_beta,
+                    settings=tuple(dict.fromkeys(name for p in parts for name in p.settings)))
+
+
+def ignored_settings(cfg: LossConfig) -> list[str]:
+    """Loss-specific settings given a non-default value that the chosen loss does not read (as
+    ``label_smoothing`` with ``ipo``), as ``name=value``: the run names them in a note."""
+    from dataclasses import fields
+
+    reads = get_loss(cfg.loss_type).settings
+    return [f"{f.name}={getattr(cfg, f.name)}" for f in fields(cfg)
+            if f.name in ("label_smoothing", "simpo_gamma", "orpo_lambda", "discopop_tau")
+            and f.name not in reads and getattr(cfg, f.name) != f.default]
 
 
 def rewards_per_token(loss_type: str, sequence_logps: str = "auto") -> bool:
-    """Whether the logged rewards of ``loss_type`` come from per-token means (reference-free
-    losses, and losses computed on means) rather than per-sequence sums."""
+    """Whether the logged rewards of ``loss_type`` come from per-token means (its own convention,
+    or ``sequence_logps`` when set) rather than per-sequence sums."""
     first = LOSSES[loss_names(loss_type)[0]]
-    if not first.needs_reference:
-        return True
     return (first.logps if sequence_logps == "auto" else sequence_logps) == "mean"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,17 @@ from torch import nn
 
 from dpokit.config import ModelConfig
 from dpokit.errors import ConfigError
-from dpokit.lora import adapter_base, apply_lora, keep_4bit_layout, merge_adapter_dir, quantization_config
+from dpokit.lora import (
+    adapter_base,
+    apply_lora,
+    keep_4bit_layout,
+    merge_adapter_dir,
+    merged_dir_beside,
+    quantization_config,
+)
 
 TINY = "tiny"
-TINY_VERSION = "2"
+TINY_VERSION = "3"
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -113,6 +121,10 @@ def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
 
     source = _source(cfg)
     base = adapter_base(source)
+    if base is not None and (merged := merged_dir_beside(source)) is not None:
+        # dpokit saved the merge beside the adapter: load it as it is. Under 4-bit this quantises
+        # the merged weights once, where merging into an already-quantised base would round twice.
+        source, base = merged, None
     kwargs: dict[str, Any] = {"dtype": torch.float32, "trust_remote_code": cfg.trust_remote_code}
     if cfg.load_in_4bit:
         kwargs.update(quantization_config=quantization_config(), device_map={"": device})
@@ -180,6 +192,8 @@ def tiny_model_dir() -> Path:
     key = hashlib.sha256(f"tiny-{TINY_VERSION}".encode()).hexdigest()[:10]
     path = cache_dir() / f"tiny-model-{key}"
     if not (path / "config.json").exists():
+        print(f"building the built-in tiny model (first use only, about half a minute; cached in {path})",
+              file=sys.stderr, flush=True)
         build_tiny_model(path)
     return path
 

@@ -19,7 +19,9 @@ Strategies (``model.reference``):
   weights, precision and attention kernel, and reused by later runs. No reference model stays in
   memory while training: the pass uses the starting policy itself (adapters off) or, with
   ``ref_model``, a model that is freed afterwards.
-* ``none``: reference-free losses (SimPO, ORPO).
+* ``none``: reference-free losses (SimPO, ORPO); with a loss that compares to a reference (DPO,
+  IPO, ...), the reference log-probs are taken as 0, as TRL's ``reference_free=True`` does, so
+  the implicit reward is ``beta * log pi(y|x)`` (`Zeros`).
 
 TR-DPO (Gorbatovski et al. 2024, "Learn Your Reference Model for Real Good Alignment", sec. 3):
 every ``ref_refresh_steps`` optimizer steps the reference becomes
@@ -69,6 +71,16 @@ class Reference:
 
     def describe(self) -> str:
         return self.name
+
+
+class Zeros(Reference):
+    """Reference-free DPO: every reference log-prob is 0 (TRL's ``reference_free``)."""
+
+    name = "none (reference log-probs taken as 0)"
+
+    def logps(self, batch: PreferenceBatch, pairs: list[TokenizedPair]) -> SequenceLogps | None:
+        zeros = torch.zeros(2 * batch.num_pairs, device=batch.target_ids.device)  # (2B,)
+        return SequenceLogps(zeros, batch.completion_tokens, zeros)
 
 
 class FrozenModel(Reference):
@@ -160,18 +172,10 @@ def strategy_name(config: Config, needs_reference: bool) -> str:
     """The strategy ``model.reference`` resolves to (``auto`` filled in), checked against the loss."""
     m = config.model
     name = m.reference
-    if name == "auto":
-        if not needs_reference:
-            name = "none"
-        elif m.ref_model:
-            name = "model"
-        elif m.lora:
-            name = "lora"
-        else:
-            name = "copy"
-    if name == "none" and needs_reference:
-        raise ConfigError(f"loss '{config.loss.loss_type}' needs a reference model; drop --reference none "
-                          "or pick a reference-free loss (simpo, orpo)")
+    if not needs_reference:  # whatever was asked: nothing would read a reference's log-probs
+        name = "none"
+    elif name == "auto":
+        name = "model" if m.ref_model else "lora" if m.lora else "copy"
     if m.ref_refresh_steps is not None and name not in ("copy", "model"):
         raise ConfigError(f"ref_refresh_steps (TR-DPO) refreshes a reference held in memory; reference "
                           f"'{name}' has none. Use --reference copy or --ref-model PATH")
@@ -190,6 +194,10 @@ def build_reference(
             "is ignored")
     m = config.model
     if name == "none":
+        if needs_reference:
+            log(f"note: --reference none with loss '{config.loss.loss_type}': reference log-probs are taken "
+                "as 0 (reference-free, as TRL's reference_free), so rewards are beta * log pi(y|x)")
+            return Zeros()
         return Reference()
     if name == "copy":
         from dpokit.models import frozen_copy

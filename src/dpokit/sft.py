@@ -305,7 +305,7 @@ def setup_sft(config: Config, demo: bool = False) -> SFTRun:
     log = MetricsLog(None, enabled=info.is_main)
     train_items, eval_items = load_sft_data(config, log.print)  # bad data stops us here
     if info.is_main:
-        make_output_dir(Path(config.output.dir))
+        make_output_dir(Path(config.output.dir), log.print)
     tokenizer = load_tokenizer(config.model)
     if config.data.chat_template:
         tokenizer.chat_template = config.data.chat_template
@@ -346,19 +346,23 @@ def setup_sft(config: Config, demo: bool = False) -> SFTRun:
 
 def sft_step(run: SFTRun, window: TokenMeans) -> float:
     """One optimizer step, its NLL added to ``window``; returns the gradient norm before clipping."""
-    from dpokit.train import optimizer_step
+    from dpokit.train import optimizer_step, stop_if_not_finite
 
     cfg = run.config.train
     micro = [[run.train_examples[i] for i in run.stream.take(cfg.batch_size)] for _ in range(cfg.grad_accum)]
     counts = torch.tensor(float(sum(e.trained_tokens for m in micro for e in m)), dtype=torch.float64)
     step_tokens = float(dist.all_reduce_sum(counts))  # the whole step's trained tokens, all ranks
+    bad_loss = None
     for examples in micro:
         nll, tokens, fed = run.nll(examples)
+        if not math.isfinite(float(nll.detach())):  # still run backward: under DDP every rank must
+            bad_loss = float(nll.detach())
         # DDP averages gradients over ranks: scale by world size to keep "sum over the step's tokens".
         run.scaler.scale(nll * run.info.world_size / step_tokens).backward()
         window.add(float(nll.detach()), tokens)
         run.state.micro_step += 1
         run.state.tokens_seen += fed
+    stop_if_not_finite(run, bad_loss)
     return optimizer_step(run)
 
 

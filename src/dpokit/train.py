@@ -32,7 +32,15 @@ from dpokit.diagnostics import Diagnostics
 from dpokit.errors import ConfigError, DpokitError
 from dpokit.logps import SequenceLogps, SequenceScorer, compile_decoder, layout_for
 from dpokit.lora import save_policy
-from dpokit.losses import LossInputs, LossOutput, LossSpec, beta_at, get_loss, rewards_per_token
+from dpokit.losses import (
+    LossInputs,
+    LossOutput,
+    LossSpec,
+    beta_at,
+    get_loss,
+    ignored_settings,
+    rewards_per_token,
+)
 from dpokit.models import (
     autocast,
     base_model_warning,
@@ -115,7 +123,7 @@ def lr_factor(step: int, total: int, warmup: int, shape: str) -> float:
 def warmup_steps(config: Config, total: int) -> int:
     if config.train.warmup_steps is not None:
         return config.train.warmup_steps
-    return int(config.train.warmup_ratio * total)
+    return math.ceil(config.train.warmup_ratio * total)  # rounded up, as transformers does
 
 
 def total_steps(config: Config, num_pairs: int, world_size: int) -> int:
@@ -248,7 +256,7 @@ def setup(config: Config, demo: bool = False) -> Run:
 
     train_raw, eval_raw = load_train_eval(config.data, config.train.seed, log.print)  # bad data stops us here
     if info.is_main:
-        make_output_dir(out_dir)  # a bad --output stops us here too, before any model loads
+        make_output_dir(out_dir, log.print)  # a bad --output stops us here too, before any model loads
     tokenizer = load_tokenizer(config.model)
     if config.data.chat_template:
         tokenizer.chat_template = config.data.chat_template
@@ -262,6 +270,8 @@ def setup(config: Config, demo: bool = False) -> Run:
     precision = resolve_precision(config.model.precision, device)
     policy = load_policy(config.model, device)  # with LoRA / QLoRA adapters when configured
     policy.train()
+    if ignored := ignored_settings(config.loss):
+        log.print(f"note: loss '{loss.name}' does not use {', '.join(ignored)}; it has no effect")
     config.data.layout, why = layout_for(policy, config.data.layout, config.data.max_length)
     if why is not None:
         log.print(f"note: {why}")
@@ -289,7 +299,8 @@ def setup(config: Config, demo: bool = False) -> Run:
         config.save(out_dir / "config.yaml")
         log = MetricsLog(out_dir / "metrics.jsonl", enabled=True)
         n_params = sum(p.numel() for p in policy.parameters())
-        log.print(f"{'demo: ' if demo else ''}model {config.model.name_or_path} ({n_params / 1e6:.1f}M params), "
+        start = f" from {config.model.weights}" if config.model.weights else ""
+        log.print(f"{'demo: ' if demo else ''}model {config.model.name_or_path}{start} ({n_params / 1e6:.1f}M params), "
                   f"precision {precision}, device {device}, {len(train_pairs)} train / {len(eval_pairs)} eval "
                   f"pairs, {steps} steps x {config.train.batch_size * config.train.grad_accum * info.world_size} "
                   f"pairs, loss {loss.name}, reference: {reference.describe()}")
@@ -297,8 +308,9 @@ def setup(config: Config, demo: bool = False) -> Run:
                optimizer, scheduler, grad_scaler(precision, device), stream, TrainState(), steps, out_dir, log)
 
 
-def make_output_dir(path: Path) -> None:
-    """Create the output directory and check it takes files: a bad ``--output`` fails in seconds."""
+def make_output_dir(path: Path, log: Callable[[str], None] | None = None) -> None:
+    """Create the output directory and check it takes files: a bad ``--output`` fails in seconds.
+    Checkpoints an earlier run left there are kept and named in a note to ``log``."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".dpokit-write-check"
@@ -307,6 +319,12 @@ def make_output_dir(path: Path) -> None:
     except OSError as e:
         raise ConfigError(f"--output {path}: cannot write there ({e.strerror or e}); choose another "
                           "directory") from None
+    old = sorted((p.name for p in path.glob("checkpoint-*") if p.is_dir()), key=lambda n: (len(n), n))
+    if old and log is not None:
+        shown = ", ".join(old[:5]) + (f" and {len(old) - 5} more" if len(old) > 5 else "")
+        kept = "it is" if len(old) == 1 else "they are"
+        log(f"note: {path} holds {shown} from an earlier run; {kept} kept (a checkpoint of the same step is "
+            "replaced). Use a new --output to keep runs apart.")
 
 
 def train_step(run: Run, window: MetricSums) -> float:
@@ -335,14 +353,20 @@ def train_step(run: Run, window: MetricSums) -> float:
         window.add(out, policy)
         run.state.micro_step += 1
         run.state.tokens_seen += sum(p.num_tokens for p in pairs)  # as TRL counts, whatever the layout
+    stop_if_not_finite(run, bad_loss)
+    grad_norm = optimizer_step(run)
+    run.reference.on_step(run.state.step)  # TR-DPO's reference refresh, when configured
+    return grad_norm
+
+
+def stop_if_not_finite(run: Any, bad_loss: float | None) -> None:
+    """Stop the run before the update when any rank's loss was NaN or Inf (``bad_loss``, None when
+    this rank's was finite); under fp16 the loss scaler would otherwise skip such steps silently."""
     if dist.all_reduce_sum(torch.tensor(float(bad_loss is not None), device=run.device)).item():
         value = "not finite on another rank" if bad_loss is None else bad_loss
         raise DpokitError(
             f"step {run.state.step + 1}: the loss is {value}; the run is stopped before the update, and the "
             "last checkpoint is intact. Lower --lr or --beta, or use --precision fp32.")
-    grad_norm = optimizer_step(run)
-    run.reference.on_step(run.state.step)  # TR-DPO's reference refresh, when configured
-    return grad_norm
 
 
 def optimizer_step(run: Any) -> float:
@@ -375,12 +399,14 @@ def evaluate(run: Run) -> dict[str, float]:
     """Loss, rewards and the policy's own preference on the eval pairs (this rank's share)."""
     run.policy.eval()
     sums = MetricSums()
+    # The beta of the last training step (logged on the same row), or of the first before training.
+    beta = beta_at(run.config.loss.beta, run.config.loss.beta_schedule, max(0, run.state.step - 1),
+                   run.total_steps)
     mine = run.eval_pairs[run.info.rank :: run.info.world_size]
     for start in range(0, len(mine), run.config.train.batch_size):
         pairs = mine[start : start + run.config.train.batch_size]
         batch = run.batch(pairs)
         policy, reference = run.forward(batch, pairs)
-        beta = beta_at(run.config.loss.beta, run.config.loss.beta_schedule, run.state.step, run.total_steps)
         out = run.loss.fn(loss_inputs(policy, reference, beta), run.config.loss)
         sums.add(out, policy)
     run.policy.train()
@@ -439,8 +465,11 @@ def fit(run: Any, step: Callable[[Any], float], new_window: Callable[[], Any],
                     disable=not (run.info.is_main and cfg.output.progress))
     run.log.progress = progress
     try:
+        def eval_row() -> dict[str, Any]:
+            return {"step": run.state.step, **evaluate(), "epoch": round(run.stream.epochs_done(), 4)}
+
         if evaluate and cfg.train.eval_on_start:
-            run.log.log({"step": run.state.step, **evaluate()})
+            run.log.log(eval_row())
         window, window_start, window_tokens = new_window(), time.perf_counter(), run.state.tokens_seen
         while run.state.step < run.total_steps:
             grad_norm = step(window)
@@ -458,12 +487,12 @@ def fit(run: Any, step: Callable[[Any], float], new_window: Callable[[], Any],
                 observe(row)
                 window, window_start, window_tokens = new_window(), time.perf_counter(), run.state.tokens_seen
             if evaluate and cfg.train.eval_steps and n % cfg.train.eval_steps == 0 and n != run.total_steps:
-                run.log.log({"step": n, **evaluate()})
+                run.log.log(eval_row())
             if cfg.output.save_steps and n % cfg.output.save_steps == 0 and n != run.total_steps:
                 save_model(run, run.out_dir / f"checkpoint-{n}")
                 dist.barrier()
         if evaluate:
-            run.log.log({"step": run.state.step, **evaluate()})
+            run.log.log(eval_row())
         final = run.out_dir / "final"
         save_model(run, final)
         dist.barrier()

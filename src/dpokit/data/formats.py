@@ -6,7 +6,9 @@ Every format users bring is converted here, once, at the edge (DESIGN.md). Forma
 * ``conversational``: ``chosen`` / ``rejected`` as chat message lists. Either they hold the whole
   conversation, user turn included (UltraFeedback: the prompt is their shared leading messages),
   or ``prompt`` holds the messages before the answer (a string prompt is one user message) and
-  ``chosen`` / ``rejected`` hold assistant messages (or plain strings, read as one assistant message).
+  ``chosen`` / ``rejected`` hold assistant messages (or both plain strings, each read as one assistant
+  message; a string beside a message list is a wrong type). A message with empty content is an empty
+  field, except a system message, which is dropped (an empty system prompt is common in real data).
 * ``implicit``: ``chosen`` / ``rejected`` are whole dialogues in ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``
   form with no prompt column (HH-RLHF). The prompt is the longest run of whole turns they share,
   ending with the ``"\\n\\nAssistant:"`` marker of the turn where they differ; each completion is
@@ -54,12 +56,21 @@ EARLY_DIFFERENCE = "dialogues differ before the last assistant turn"
 
 
 class RowProblem(Exception):
-    """What is wrong with one row (or, at level ``note``, what is unusual about it)."""
+    """What is wrong with one row (or, at level ``note``, what is unusual about it).
+
+    ``hint`` is the fix; ``source_hints`` holds fixes for one kind of source where the fix depends on
+    it (``"json"``, ``"parquet"``, ``"csv"``, ``"dataset"``: a value's type is fixed in JSON by quoting
+    it, in a Parquet file or a data set by the column's type)."""
 
     def __init__(self, reason: str, message: str, column: str | None = None, hint: str | None = None,
-                 level: str = "error") -> None:
+                 level: str = "error", source_hints: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.reason, self.message, self.column, self.hint, self.level = reason, message, column, hint, level
+        self.source_hints = dict(source_hints or {})
+
+    def hint_for(self, source: str) -> str | None:
+        """The fix for a row read from ``source`` (a key of ``source_hints``; else the general hint)."""
+        return self.source_hints.get(source, self.hint)
 
 
 # ---- column mapping and detection ----------------------------------------------------------------
@@ -166,11 +177,18 @@ def _text(row: Mapping[str, Any], key: str, what: str = "a string") -> str:
     if value is None:
         raise _null(key)
     if not isinstance(value, str):
-        hint = "put the text in quotes"
+        message = f"expected {what}, got {_type_name(value)} ({_show(value)})"
         if isinstance(value, list):
-            hint = "this source was read as text from its first row; set `format: conversational`"
-        raise RowProblem(WRONG_TYPE, f"expected {what}, got {_type_name(value)} ({_show(value)})",
-                         column=key, hint=hint)
+            raise RowProblem(WRONG_TYPE, message, column=key, hint="this source was read as text from its "
+                             "first row; set `format: conversational`")
+        json_hint = (f"give {key} as a string, not a JSON object" if isinstance(value, Mapping)
+                     else f'put the text in quotes, e.g. "{key}": "{_show(value)}"')
+        raise RowProblem(WRONG_TYPE, message, column=key, hint=json_hint, source_hints={
+            "parquet": f"store {key} as text (string) in the file, e.g. convert the column with "
+                       f"`df['{key}'] = df['{key}'].astype(str)` before writing it",
+            "dataset": f"store {key} as text (string) in the data set, or map a text column to it with "
+                       f"`columns: {{{key}: YOUR_COLUMN}}`; for CSV files, pass the file itself (dpokit reads "
+                       "every CSV field as text)"})
     if not value.strip():
         raise RowProblem(EMPTY, f"'{key}' is empty", column=key,
                          hint=f"give a non-empty {key} or remove the row")
@@ -188,7 +206,8 @@ def _optional_text(row: Mapping[str, Any], key: str) -> str | None:
 
 
 def _messages(row: Mapping[str, Any], key: str) -> list[Message]:
-    """A list of ``{role, content}`` messages (a string is one assistant message)."""
+    """A list of ``{role, content}`` messages, less empty system messages (a string is one assistant
+    message: only call this for a string where that is meant, see `_check_same_kind`)."""
     if key not in row:
         raise _missing(row, key)
     value = row[key]
@@ -204,10 +223,17 @@ def _messages(row: Mapping[str, Any], key: str) -> list[Message]:
     if not value:
         raise RowProblem(EMPTY, f"'{key}' is an empty list of messages", column=key,
                          hint=f"give {key} at least one message, or remove the row")
-    return [_message(m, key, i) for i, m in enumerate(value)]
+    messages = [m for m in (_message(m, key, i) for i, m in enumerate(value)) if m is not None]
+    if not messages:
+        raise RowProblem(EMPTY, f"'{key}' holds only empty system messages", column=key,
+                         hint=f"give {key} the conversation's messages, or remove the row")
+    return messages
 
 
-def _message(message: Any, key: str, i: int) -> Message:
+def _message(message: Any, key: str, i: int) -> Message | None:
+    """One checked message; None for an empty system message (no system prompt), which real data
+    often holds; an empty user or assistant turn is an empty field. (An empty tool result is kept:
+    a tool may return nothing.)"""
     if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
         raise RowProblem(WRONG_TYPE, f"message {i} is not a {{\"role\": ..., \"content\": ...}} object "
                          f"({_show(message)})", column=key,
@@ -221,7 +247,25 @@ def _message(message: Any, key: str, i: int) -> Message:
     if not isinstance(content, str):
         raise RowProblem(WRONG_TYPE, f"message {i} has content of type {_type_name(content)}, expected a string",
                          column=key, hint="make each message's content a string")
+    if not content.strip() and role in ("user", "assistant"):
+        raise RowProblem(EMPTY, f"message {i} ({role}) is empty", column=key,
+                         hint=f"give message {i} of {key} its text, or remove the row")
+    if not content.strip() and role == "system":
+        return None
     return {"role": role, "content": content}
+
+
+def _check_same_kind(row: Mapping[str, Any]) -> None:
+    """Chosen and rejected are both message lists or both strings: a string beside a list is a
+    wrong type (reading it as one assistant message would hide the mistake; with whole
+    conversations it would also end as "no shared prompt", far from the cause)."""
+    for text, other in (("chosen", "rejected"), ("rejected", "chosen")):
+        if isinstance(row.get(text), str) and isinstance(row.get(other), list):
+            both = ", or make both plain strings (the answers to the prompt)" if row.get("prompt") is not None else ""
+            raise RowProblem(WRONG_TYPE, f"expected a list of chat messages, as '{other}' is, got a string "
+                             f"({_show(row[text])})", column=text,
+                             hint=f'make {text} a list of chat messages like {other} ([{{"role": "...", '
+                             f'"content": "..."}}, ...]){both}')
 
 
 def _check_different(chosen: Any, rejected: Any) -> None:
@@ -265,6 +309,7 @@ def _blank(messages: list[Message]) -> bool:
 
 
 def _conversational(row: Mapping[str, Any]) -> tuple[PreferencePair, RowProblem | None]:
+    _check_same_kind(row)
     chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
     _check_different(chosen, rejected)
     system = _optional_text(row, "system")

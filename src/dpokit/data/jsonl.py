@@ -94,8 +94,7 @@ def iter_json_rows(path: str | Path) -> Iterator[RawRow]:
             if seen == 0:
                 _check_single_object(path)
             seen += 1
-            yield number, None, RowProblem("invalid JSON", f"invalid JSON ({e.msg} at character {e.colno})",
-                                           hint=ROW_HINT)
+            yield number, None, RowProblem("invalid JSON", f"invalid JSON ({_json_error(e, line)})", hint=ROW_HINT)
             continue
         if not isinstance(row, dict):
             if seen == 0:
@@ -119,6 +118,18 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
     except READ_ERRORS as e:
         raise _unreadable(path, e, None if isinstance(e, gzip.BadGzipFile) else number + 1) from None
+
+
+def _json_error(e: json.JSONDecodeError, line: str | None = None) -> str:
+    """``Expecting ',' delimiter at character 27 of the line``: counted from 1 within the line.
+
+    ``e.colno`` is not that for one line of JSON Lines: the line still ends with its newline, so an
+    object cut off at the end of the line fails on the next (empty) line, at its column 1."""
+    if line is None:  # a whole file: json counts lines and columns itself
+        return f"{e.msg} at character {e.colno} of the line"
+    line = line.rstrip("\r\n")
+    at_end = ", where it ends: is the object cut off?" if e.pos >= len(line.rstrip()) else ""
+    return f"{e.msg} at character {min(e.pos, len(line)) + 1} of the line{at_end}"
 
 
 def _json_type(value: Any) -> str:
@@ -172,7 +183,7 @@ def _iter_array(path: Path) -> Iterator[RawRow]:
         try:
             row, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON ({e.msg})", path=str(path), line=e.lineno, reason="invalid JSON",
+            raise DataError(f"invalid JSON ({_json_error(e)})", path=str(path), line=e.lineno, reason="invalid JSON",
                             hint="fix the JSON array, or write one JSON object per line (JSON Lines)") from None
         if not isinstance(row, dict):
             if seen == 0:

@@ -132,8 +132,12 @@ def collect_pairs(
     fmt: str = "auto",
     columns: Mapping[str, str] | list[str] | None = None,
     max_rows: int | None = None,
+    source: str = "json",
 ) -> tuple[list[PreferencePair], LoadReport]:
     """Normalise rows to pairs; every problem is recorded in the report (nothing is raised here).
+
+    ``source`` is the kind of source the rows come from (``"json"``, ``"csv"``, ``"parquet"``,
+    ``"dataset"``), for fixes that depend on it (`RowProblem.hint_for`).
 
     With ``fmt="auto"`` the format is fixed by the first row that normalises without error, never
     by a bad row: rows before it are held back and then read in that format, so one bad first row
@@ -149,10 +153,10 @@ def collect_pairs(
                 raise row
             pair, note = normalise_row(apply_columns(row, columns), fmt)
         except RowProblem as p:
-            report.problems.append(_problem(p, where))
+            report.problems.append(_problem(p, where, source))
             return
         if note is not None:
-            report.problems.append(_problem(note, where))
+            report.problems.append(_problem(note, where, source))
         line, index = where["line"], where["index"]
         pair.source = f"{label}:{line}" if line is not None else f"{label}#{index}"
         pairs.append(pair)
@@ -195,8 +199,8 @@ def _normalises(row: Mapping[str, Any], columns: Mapping[str, str] | list[str] |
     return True
 
 
-def _problem(p: RowProblem, where: dict[str, Any]) -> Problem:
-    return Problem(p.level, p.reason, p.message, column=p.column, hint=p.hint, **where)
+def _problem(p: RowProblem, where: dict[str, Any], source: str = "json") -> Problem:
+    return Problem(p.level, p.reason, p.message, column=p.column, hint=p.hint_for(source), **where)
 
 
 def _limit(rows: Iterable[RawRow], max_rows: int | None) -> Iterator[RawRow]:

@@ -130,12 +130,23 @@ PROMPTS = [
     "Please explain {t} to me.", "Teach me the basics of {t}.",
 ]
 
+# Chosen answers: an opening, a body and a closing, drawn independently, so that a topic's
+# answers come in ~150 wordings and held-out pairs rarely repeat a training answer word for word.
+OPENINGS = [
+    "", "Good question! ", "Sure. ", "Happy to help. ", "Here is a clear explanation. ", "Of course. ",
+]
+
 CHOSEN = [
-    "{T} is {what}. In short, {how}. For example, {ex}.",
-    "Good question! {T} is {what}. It works like this: {how}. A simple example: {ex}.",
-    "{T} is {what}. The key idea is that {how}. To make it concrete, {ex}. I hope this helps!",
-    "Here is a clear explanation. {T} is {what}. {How}. As an example, {ex}.",
-    "Sure. {T} is {what}. Put simply, {how}. One everyday example is that {ex}. Let me know if you want more detail.",
+    "{T} {is} {what}. In short, {how}. For example, {ex}.",
+    "{T} {is} {what}. It works like this: {how}. A simple example: {ex}.",
+    "{T} {is} {what}. The key idea is that {how}. To make it concrete, {ex}.",
+    "In a sentence, {t} {is} {what}. {How}. As an example, {ex}.",
+    "Put simply, {t} {is} {what}. Here is how: {how}. One everyday example is that {ex}.",
+]
+
+CLOSINGS = [
+    "", " I hope this helps!", " Let me know if you want more detail.", " Feel free to ask a follow-up question.",
+    " That is the main idea.",
 ]
 
 REJECTED = [
@@ -143,19 +154,42 @@ REJECTED = [
     "No idea, sorry.",
     "{T}? It's complicated. Too complicated to explain, honestly.",
     "I don't really know much about {t}. It is probably something about {u}, but I would not trust me on that.",
-    "{T} is not worth explaining. Most people never need to know about it, so I will not go into it here.",
+    "{T} {is} not worth explaining. Most people never need to know about that, so I will not go into it here.",
     "Why would you want to know about {t}? It is boring. Let us talk about {u} instead.",
-    "{T} is {wu}. That is all there is to it.",
+    "{T} {is} {wu}. That is all there is to it.",
     "Just search the internet for {t}. There are many pages about it and I do not have time to explain it.",
     "It is a thing that exists. Some people like it and some people do not. Hard to say more than that.",
-    "{T} has something to do with {u}, I think. Or maybe not. I am not sure about any of it.",
+    "{T} {has} something to do with {u}, I think. Or maybe not. I am not sure about any of it.",
     "That is a boring question and I would rather not answer it.",
-    "Everyone already knows what {t} is, so there is no need for me to explain it.",
+    "Everyone already knows what {t} {is}, so there is no need for me to explain it.",
 ]
+
+PLURAL = {"bees", "vaccines", "earthquakes"}
+
+# The share of good answer templates in the tiny model's warm-up. Good answers are long, and a
+# long memorised phrase is easy to predict token by token; at 0.32 the warmed-up model gives
+# chosen and rejected answers about the same mean per-token log-prob (it prefers the chosen
+# answer on ~0.5 of sample pairs), so the demo starts with no preference and DPO must teach one.
+GOOD_SHARE = 0.32
 
 
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
+
+
+def _fill(topic: tuple[str, str, str, str], what: str, how: str, example: str, unrelated: tuple) -> dict:
+    name = topic[0]
+    plural = name in PLURAL
+    return {"t": name, "T": _cap(name), "is": "are" if plural else "is", "has": "have" if plural else "has",
+            "what": what, "how": how, "How": _cap(how), "ex": example, "u": unrelated[0], "wu": unrelated[1]}
+
+
+def _chosen(rng: random.Random, fill: dict) -> str:
+    body = rng.choice(CHOSEN).format(**fill)
+    opening = rng.choice(OPENINGS)
+    if opening:  # "Sure. in a sentence, ..." would not do: the body's first letter follows a sentence end
+        body = _cap(body)
+    return opening + body + rng.choice(CLOSINGS)
 
 
 def sample_pairs(n: int = 10, seed: int = 0) -> list[dict[str, str]]:
@@ -163,13 +197,12 @@ def sample_pairs(n: int = 10, seed: int = 0) -> list[dict[str, str]]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        topic, what, how, example = TOPICS[(i + rng.randrange(len(TOPICS))) % len(TOPICS)]
-        unrelated = rng.choice([t for t in TOPICS if t[0] != topic])
-        fill = {"t": topic, "T": _cap(topic), "what": what, "how": how, "How": _cap(how), "ex": example,
-                "u": unrelated[0], "wu": unrelated[1]}
+        topic = TOPICS[(i + rng.randrange(len(TOPICS))) % len(TOPICS)]
+        unrelated = rng.choice([t for t in TOPICS if t[0] != topic[0]])
+        fill = _fill(topic, topic[1], topic[2], topic[3], unrelated)
         rows.append({
             "prompt": rng.choice(PROMPTS).format(**fill),
-            "chosen": rng.choice(CHOSEN).format(**fill),
+            "chosen": _chosen(rng, fill),
             "rejected": rng.choice(REJECTED).format(**fill),
         })
     return rows
@@ -177,7 +210,8 @@ def sample_pairs(n: int = 10, seed: int = 0) -> list[dict[str, str]]:
 
 def warmup_texts(n: int, seed: int = 0) -> list[str]:
     """Texts for the tiny model's warm-up: prompts and answers whose slots are filled from
-    *independently drawn* topics, in good and bad templates alike.
+    *independently drawn* topics, in good and bad templates (`GOOD_SHARE`), each answer with an opening
+    and a closing as often as not.
 
     The model learns the words and phrases of the samples, but not which definition belongs to
     which topic, nor that helpful answers follow questions: so before DPO it has no systematic
@@ -187,9 +221,10 @@ def warmup_texts(n: int, seed: int = 0) -> list[str]:
     texts = []
     for _ in range(n):
         slots = [rng.choice(TOPICS) for _ in range(5)]
-        fill = {"t": slots[0][0], "T": _cap(slots[0][0]), "what": slots[1][1], "how": slots[2][2],
-                "How": _cap(slots[2][2]), "ex": slots[3][3], "u": slots[4][0], "wu": slots[4][1]}
-        answer = rng.choice(CHOSEN if rng.random() < 0.5 else REJECTED).format(**fill)
+        fill = _fill(slots[0], slots[1][1], slots[2][2], slots[3][3], slots[4])
+        answer = rng.choice(CHOSEN if rng.random() < GOOD_SHARE else REJECTED).format(**fill)
+        if rng.random() < 0.5:
+            answer = rng.choice(OPENINGS) + _cap(answer) + rng.choice(CLOSINGS)
         other = rng.choice(TOPICS)[0]
         texts.append(rng.choice(PROMPTS).format(t=other, T=_cap(other)) + answer)
     return texts
@@ -198,8 +233,8 @@ def warmup_texts(n: int, seed: int = 0) -> list[str]:
 def corpus_text() -> str:
     """Text used to train the built-in tiny tokenizer: every word the samples can contain."""
     parts = []
-    for topic, what, how, example in TOPICS:
-        fill = {"t": topic, "T": _cap(topic), "what": what, "how": how, "How": _cap(how), "ex": example,
-                "u": topic, "wu": what}
+    for topic in TOPICS:
+        fill = _fill(topic, topic[1], topic[2], topic[3], topic)
         parts += [p.format(**fill) for p in PROMPTS + CHOSEN + REJECTED]
+    parts += OPENINGS + CLOSINGS + ["are have"]
     return "\n".join(parts)

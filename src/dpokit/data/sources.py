@@ -209,8 +209,14 @@ def _check_columns(spec: SourceSpec, table: Any) -> None:
 
 def _check_names(spec: SourceSpec, names: list[str], rows: int) -> None:
     if rows == 0:
+        if spec.kind == "csv":
+            raise DataError("the file has a header but no rows", path=spec.label, reason="empty file",
+                            hint="add rows below the header, one pair per line, or pass another file")
+        if spec.kind == "parquet":
+            raise DataError("the file has no rows", path=spec.label, reason="empty file",
+                            hint="write the pairs into it (one row per pair), or pass another file")
         raise DataError("the data set has no rows", path=spec.label, reason="empty file",
-                        hint="check the split name, or the file")
+                        hint="check the split name (--split) and the data set's files")
     try:
         mapped = apply_columns(dict.fromkeys(names), spec.columns)
     except RowProblem as p:
@@ -296,6 +302,9 @@ def _read_table_file(spec: SourceSpec) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if Path(spec.location).stat().st_size == 0:
+        raise DataError("the file is empty (0 bytes)", path=spec.location, reason="empty file",
+                        hint="write the pairs into it (one row per pair), or pass another file")
     try:
         return pq.read_table(spec.location)
     except (pa.ArrowInvalid, OSError) as e:
@@ -392,7 +401,13 @@ def read_source(spec: SourceSpec, max_rows: int | None = None) -> tuple[list[Pre
         return pairs, LoadReport(spec.label, "prepared", len(pairs), len(pairs))
     if spec.kind == "jsondir":
         return _read_json_dir(spec, max_rows)
-    return collect_pairs(iter_rows(spec), spec.label, spec.format, spec.columns, max_rows)
+    return collect_pairs(iter_rows(spec), spec.label, spec.format, spec.columns, max_rows, _source_kind(spec))
+
+
+def _source_kind(spec: SourceSpec) -> str:
+    """What kind of source a spec's rows come from, for fixes that depend on it (`RowProblem.hint_for`):
+    a value's type is set by quoting in JSON, by the column's type in Parquet or a `datasets` data set."""
+    return {"json": "json", "jsondir": "json", "csv": "csv", "parquet": "parquet"}.get(spec.kind, "dataset")
 
 
 # ---- train / eval -----------------------------------------------------------------------------

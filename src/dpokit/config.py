@@ -321,7 +321,8 @@ class OutputConfig:
     save_steps: int = 500
     """Save a checkpoint every this many optimizer steps; 0 saves only the final model."""
     progress: bool = True
-    """Show a progress bar with ETA on the console."""
+    """Show a progress bar with ETA on the console (a terminal or a notebook; output piped to a log
+    file gets the step lines alone)."""
 
     def __post_init__(self) -> None:
         if self.logging_steps < 1:

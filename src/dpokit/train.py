@@ -14,6 +14,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -446,6 +447,12 @@ def train(config: Config, demo: bool = False) -> Path:
                observe=diagnostics.observe, done="saved the aligned model to {final}")
 
 
+def interactive() -> bool:
+    """Whether a progress bar would be seen as one: stderr is a terminal, or a notebook runs us.
+    In a log file a bar is a stream of carriage returns."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
 def fit(run: Any, step: Callable[[Any], float], new_window: Callable[[], Any],
         evaluate: Callable[[], dict[str, float]] | None, name: str, done: str,
         extra: Callable[[int], dict[str, float]] = lambda step: {},
@@ -462,7 +469,7 @@ def fit(run: Any, step: Callable[[Any], float], new_window: Callable[[], Any],
 
     cfg = run.config
     progress = tqdm(total=run.total_steps, desc=name, unit="step", dynamic_ncols=True,
-                    disable=not (run.info.is_main and cfg.output.progress))
+                    disable=not (run.info.is_main and cfg.output.progress and interactive()))
     run.log.progress = progress
     try:
         def eval_row() -> dict[str, Any]:

@@ -155,9 +155,12 @@ def read_prompts(path: Path) -> list[str]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
+    from transformers.utils import logging as hf_logging
 
     from dpokit.generate import SamplingConfig, generate, load_for_generation
     from dpokit.models import resolve_device
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar before the answers
 
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.greedy)
     if args.batch_size < 1:

@@ -377,10 +377,10 @@ def ignored_settings(cfg: LossConfig) -> list[str]:
     ``label_smoothing`` with ``ipo``), as ``name=value``: the run names them in a note."""
     from dataclasses import fields
 
+    specific = {name for spec in LOSSES.values() for name in spec.settings}
     reads = get_loss(cfg.loss_type).settings
     return [f"{f.name}={getattr(cfg, f.name)}" for f in fields(cfg)
-            if f.name in ("label_smoothing", "simpo_gamma", "orpo_lambda", "discopop_tau")
-            and f.name not in reads and getattr(cfg, f.name) != f.default]
+            if f.name in specific and f.name not in reads and getattr(cfg, f.name) != f.default]
 
 
 def rewards_per_token(loss_type: str, sequence_logps: str = "auto") -> bool:

@@ -120,7 +120,7 @@ def test_recipe_keys_with_dpokit_equivalents_are_mapped(tmp_path):
     config, _, info = run("adam_beta1: 0.8\nadam_beta2: 0.95\nprecompute_ref_log_probs: true\n"
                           "max_completion_length: 256\n")
     assert (config.train.adam_betas, config.model.reference) == ((0.8, 0.95), "precomputed")
-    assert info["unused"] == ["max_completion_length"]
+    assert config.data.max_completion_length == 256 and info["unused"] == []
     config, _, _ = run("adam_beta2: 0.98\nreference_free: true\n")
     assert (config.train.adam_betas, config.model.reference) == ((0.9, 0.98), "none")
     config, _, info = run("sync_ref_model: true\nref_model_sync_steps: 64\n")
@@ -142,11 +142,11 @@ def test_recipe_keys_with_dpokit_equivalents_are_mapped(tmp_path):
 
 def test_print_config_warns_once_about_unused_recipe_keys(capsys, tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text("model_name_or_path: gpt2\ndataset_name: x.jsonl\nwandb_tags: [a]\nmax_completion_length: 9\n")
+    path.write_text("model_name_or_path: gpt2\ndataset_name: x.jsonl\nwandb_tags: [a]\nhub_model_id: x/y\n")
     assert main(["train", str(path), "--print-config"]) == 0
     captured = capsys.readouterr()
     assert captured.err.count("warning: dpokit does not use these keys") == 1
-    assert "max_completion_length, wandb_tags" in captured.err
+    assert "hub_model_id, wandb_tags" in captured.err
     assert yaml.safe_load(captured.out)["model"]["name_or_path"] == "gpt2"  # stdout is the YAML alone
 
 

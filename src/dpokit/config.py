@@ -179,6 +179,12 @@ class DataConfig:
     group_by_length: bool = False
     """Batch pairs of similar length together (each shuffled mega-batch of 64 steps' pairs sorted
     by length): much less padding for ``--layout padded``; the packing layouts need no help."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Extra keyword arguments for the chat template (``apply_chat_template``), e.g. ``{enable_thinking:
+    false}``; a row's own ``chat_template_kwargs`` column is laid over these."""
+    max_completion_length: int | None = None
+    """Longest completion in tokens (TRL's ``max_completion_length``): longer completions keep their
+    first tokens. None: only ``max_length`` limits them."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -191,6 +197,8 @@ class DataConfig:
             raise ValueError("data.sample_size must be at least 1")
         if self.num_proc < 1:
             raise ValueError("data.num_proc must be at least 1")
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            raise ValueError("data.max_completion_length must be at least 1")
         if self.mixture is not None:
             from dpokit.data.mixture import parse_mixture
 
@@ -221,6 +229,9 @@ class LossConfig:
     """SimPO's target reward margin gamma (the SimPO code's gamma/beta = 0.25 at beta 2.0)."""
     orpo_lambda: float = 0.1
     """ORPO's weight lambda of the odds-ratio term (Hong et al. 2024)."""
+    orpo_prompt_nll: bool = False
+    """ORPO's NLL term over the prompt tokens too, as TRL and the ORPO authors' code do; false: over
+    the completion only, as the paper writes it."""
     rpo_alpha: float = 0.0
     """Weight of the chosen answers' per-token NLL added to the loss (RPO; Pang et al. 2024 use 1.0).
     0 turns it off."""
@@ -292,6 +303,41 @@ class TrainConfig:
     the end only."""
     eval_on_start: bool = False
     """Also evaluate before the first step, to see where the policy starts."""
+    eval_strategy: Literal["steps", "epoch", "no"] = "steps"
+    """When to evaluate (given eval data): every ``eval_steps`` (and at the end), at each epoch's
+    end, or never."""
+    optim: str = "adamw_torch"
+    """Optimizer, by the Hugging Face Trainer's names: ``adamw_torch``, ``adamw_torch_fused``,
+    ``adafactor``, ``sgd``, ``rmsprop``, and bitsandbytes' ``adamw_bnb_8bit``, ``paged_adamw_32bit``,
+    ``paged_adamw_8bit`` where bitsandbytes runs."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+    scheduler_kwargs: dict[str, Any] | None = None
+    """Extra arguments of the learning-rate schedule (the Trainer's ``lr_scheduler_kwargs``), e.g.
+    ``{min_lr_rate: 0.1}`` for ``cosine_with_min_lr``."""
+    resume: str | None = None
+    """Resume a stopped run: ``latest`` (the newest complete ``checkpoint-N`` in the output
+    directory) or a checkpoint directory (TRL's ``resume_from_checkpoint: true | PATH``)."""
+    early_stopping_patience: int | None = None
+    """Stop when ``metric_for_best_model`` has not improved for this many evaluations; None: never."""
+    early_stopping_threshold: float = 0.0
+    """How much ``metric_for_best_model`` must improve to count as an improvement."""
+    metric_for_best_model: str = "eval_loss"
+    """The metric that picks the best checkpoint and drives early stopping (an ``eval_`` name)."""
+    greater_is_better: bool | None = None
+    """Whether a larger ``metric_for_best_model`` is better; None: inferred (true for accuracies,
+    margins and rewards, false for losses), as the Trainer does."""
+    load_best_model_at_end: bool = False
+    """Make ``final/`` the best checkpoint's weights (by ``metric_for_best_model``)."""
+    on_divergence: Literal["stop", "warn"] = "stop"
+    """What a diverged run does (the loss or the chosen log-probs far past healthy bounds for several
+    logged rows): ``stop`` before saving a broken model, keeping the last good checkpoint, or ``warn``."""
+    parallelism: Literal["auto", "ddp", "fsdp"] = "auto"
+    """Several processes (``torchrun``): ``ddp`` replicates the model on every rank, ``fsdp`` shards it
+    (FSDP2). ``auto``: ddp. ``--fsdp true`` is ``fsdp``."""
+    fsdp_offload: bool = False
+    """FSDP2: keep the sharded parameters and optimizer state in CPU memory (slower, for models that do
+    not fit otherwise)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum"):
@@ -307,6 +353,10 @@ class TrainConfig:
             raise ValueError("train.eval_steps must be at least 1")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError("train.warmup_ratio must be in [0, 1)")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError("train.early_stopping_patience must be at least 1")
+        if self.adam_epsilon <= 0:
+            raise ValueError("train.adam_epsilon must be positive")
         self.adam_betas = tuple(self.adam_betas)
 
 
@@ -323,12 +373,41 @@ class OutputConfig:
     progress: bool = True
     """Show a progress bar with ETA on the console (a terminal or a notebook; output piped to a log
     file gets the step lines alone)."""
+    save_strategy: Literal["steps", "epoch", "no"] = "steps"
+    """When to save checkpoints: every ``save_steps``, at each epoch's end, or never (``final/`` is
+    always written)."""
+    logging_strategy: Literal["steps", "epoch", "no"] = "steps"
+    """When to log training metrics: every ``logging_steps``, at each epoch's end, or only the first
+    and last steps."""
+    save_total_limit: int | None = None
+    """Keep only the newest this many checkpoints (the best one is kept besides); None: keep all."""
+    report_to: list[str] = field(default_factory=list)
+    """Trackers besides the console and ``metrics.jsonl`` (always on): ``tensorboard``, ``wandb``,
+    ``all``, ``none``."""
+    run_name: str | None = None
+    """The run's name in trackers (W&B, TensorBoard); None: the output directory's name."""
+    project: str | None = None
+    """The W&B project; None: ``$WANDB_PROJECT``, else ``dpokit``."""
+    tags: list[str] | None = None
+    """Tags of the run in W&B."""
+    peak_tflops: float | None = None
+    """The hardware's peak TFLOP/s for MFU (model FLOPs utilisation); None: known for common GPUs,
+    measured once on a CPU."""
+    save_margin_arrays: bool = True
+    """Write each logged step's per-pair reward margins as ``logs/margins/epoch_XXX/step_XXXXX.npy``."""
+    mirror_dir: str | None = None
+    """Copy checkpoints (as they are written), the final model and the logs to this directory (a
+    mounted bucket), atomically."""
 
     def __post_init__(self) -> None:
         if self.logging_steps < 1:
             raise ValueError("output.logging_steps must be at least 1")
         if self.save_steps < 0:
             raise ValueError("output.save_steps must be 0 or more")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError("output.save_total_limit must be at least 1 (None keeps every checkpoint)")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError("output.peak_tflops must be positive")
 
 
 SECTIONS: dict[str, type] = {

@@ -48,7 +48,7 @@ def main() -> None:
     import torch
 
     from dpokit.config import resolve
-    from dpokit.train import MetricSums, setup, train_step
+    from dpokit.train import setup, train_step
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,18 +63,18 @@ def main() -> None:
     print(f"peak RSS after imports: {peak_rss_mib():.0f} MiB (now {rss_mib():.0f})")
     run = setup(config)
     print(f"peak RSS after setup: {peak_rss_mib():.0f} MiB (now {rss_mib():.0f})")
-    train_step(run, MetricSums())  # warm-up
+    train_step(run)  # warm-up
     print(f"peak RSS after one step: {peak_rss_mib():.0f} MiB (now {rss_mib():.0f})")
     cpu, wall = time.process_time(), time.perf_counter()
     if args.no_profile:
         for _ in range(args.steps):
-            train_step(run, MetricSums())
+            train_step(run)
             print(f"  step {run.state.step}: peak RSS {peak_rss_mib():.0f} MiB (now {rss_mib():.0f})")
     else:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                     record_shapes=args.shapes) as prof:
             for _ in range(args.steps):
-                train_step(run, MetricSums())
+                train_step(run)
         table = prof.key_averages(group_by_input_shape=args.shapes)
         print(table.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=40,
                           max_shapes_column_width=60))

@@ -25,7 +25,7 @@ def dpokit_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(dpokit_cache) -> Path:
     """The built-in tiny model (a warmed-up 4-layer Llama with its BPE tokenizer)."""
-    from dpokit.models import tiny_model_dir
+    from dpokit.tiny import tiny_model_dir
 
     return tiny_model_dir()
 
@@ -33,7 +33,7 @@ def tiny_dir(dpokit_cache) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """The built-in tiny BPE tokenizer (no chat template)."""
-    from dpokit.models import build_tiny_tokenizer
+    from dpokit.tiny import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 

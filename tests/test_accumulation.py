@@ -29,7 +29,7 @@ def update(tmp_path, model_dir, loss: dict, batch_size: int, grad_accum: int) ->
     SGD, not AdamW: Adam's first step is about ``lr * sign(grad)``, blind to the gradient's scale.
     """
     from dpokit.config import Config, DataConfig, LossConfig, ModelConfig, OutputConfig, TrainConfig
-    from dpokit.train import MetricSums, setup, train_step
+    from dpokit.train import setup, train_step
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in PAIRS))
@@ -44,13 +44,13 @@ def update(tmp_path, model_dir, loss: dict, batch_size: int, grad_accum: int) ->
     params = [p for p in run.policy.parameters() if p.requires_grad]
     run.optimizer = torch.optim.SGD(params, lr=1.0)
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda _: 1.0)
-    reference_model = getattr(run.reference, "model", None)  # the frozen copy (reference.py)
+    reference_model = getattr(run.task.reference, "model", None)  # the frozen copy (reference.py)
     if reference_model is not None:  # a reference unlike the policy, so DPO's gradient is not the h = 0 one
         with torch.no_grad():
             for p in reference_model.parameters():
                 p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
     before = {n: p.detach().clone() for n, p in run.policy.named_parameters()}
-    train_step(run, MetricSums())
+    train_step(run)
     return {n: p.detach() - before[n] for n, p in run.policy.named_parameters()}
 
 

@@ -79,7 +79,8 @@ def test_train_output_under_a_file(tmp_path, tiny_dir, capsys, one_thread):
     assert main(["train", "--data", str(data_file(tmp_path)), "--model", str(tiny_dir), "--steps", "2",
                  "--precision", "fp32", "--progress", "false", "--output", str(blocker / "x")]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and str(blocker) in err.splitlines()[-1]
+    error = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(error) == 1 and str(blocker) in error[0]
 
 
 def test_train_oserror_anywhere_is_one_line(tmp_path, tiny_dir, monkeypatch, capsys, one_thread):

@@ -126,7 +126,7 @@ def test_eval_and_non_finite_rows_are_ignored():
 
 def test_non_finite_loss_stops_before_the_update(tmp_path, llama_dir):
     from dpokit.config import Config, DataConfig, LossConfig, ModelConfig, OutputConfig, TrainConfig
-    from dpokit.train import MetricSums, setup, train_step
+    from dpokit.train import setup, train_step
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Question {i}?", "chosen": " Yes, fine.", "rejected": " No."}) + "\n"
@@ -141,7 +141,7 @@ def test_non_finite_loss_stops_before_the_update(tmp_path, llama_dir):
         head[:, 0] = float("nan")  # every logit becomes NaN
     before = {n: p.detach().clone() for n, p in run.policy.named_parameters()}
     with pytest.raises(DpokitError, match=r"step 1: the loss is nan; the run is stopped before the update"):
-        train_step(run, MetricSums())
+        train_step(run)
     assert run.state.step == 0
     for n, p in run.policy.named_parameters():
         assert torch.equal(p.nan_to_num(), before[n].nan_to_num()), n

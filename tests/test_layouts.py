@@ -83,7 +83,7 @@ def test_layouts_agree_under_bf16_autocast(llama_dir, hh_pairs, tiny_tokenizer):
 def test_same_loss_curve_over_20_steps(llama_dir, tmp_path):
     """Train 20 steps in each layout (same pairs, same batches): the losses agree to 1e-5."""
     from dpokit.config import resolve
-    from dpokit.train import MetricSums, setup, train_step
+    from dpokit.train import setup, train_step
 
     curves = {}
     for layout in LAYOUTS:
@@ -95,9 +95,9 @@ def test_same_loss_curve_over_20_steps(llama_dir, tmp_path):
         run = setup(config)
         curve = []
         for _ in range(20):
-            window = MetricSums()
-            train_step(run, window)
-            curve.append(window.means()["loss"])
+            train_step(run)
+            curve.append(run.window.means()["loss"])
+            run.window = run.task.metrics()
         curves[layout] = curve
     assert abs(curves["padded"][0] - math.log(2)) < 1e-6  # policy == reference at the first step
     assert abs(curves["padded"][-1] - math.log(2)) > 1e-3  # and the policy moved after that
@@ -110,22 +110,22 @@ def test_length_grouped_stream():
     """Grouping keeps each epoch a permutation, orders every mega-batch longest first, and cuts the
     padded layout's padding."""
     from dpokit.data.pairs import TokenizedPair
-    from dpokit.train import PairStream
+    from dpokit.data.stream import DataStream
 
     pairs = [TokenizedPair([5] * (3 + 7 * i % 40), [6] * (1 + i % 5), [7] * (2 + i % 3)) for i in range(24)]
     lengths = [p.num_tokens for p in pairs]
-    grouped = PairStream(len(pairs), seed=0, lengths=lengths, group=12)
-    plain = PairStream(len(pairs), seed=0)
-    epoch = grouped.take(24)
-    assert sorted(epoch) == list(range(24)) and epoch != plain.take(24)
+    grouped = DataStream(len(pairs), seed=0, lengths=lengths, group=12)
+    plain = DataStream(len(pairs), seed=0)
+    [epoch] = grouped.take(24)
+    assert sorted(epoch) == list(range(24)) and epoch != plain.take(24)[0]
     for start in (0, 12):
         mega = [lengths[i] for i in epoch[start : start + 12]]
         assert mega == sorted(mega, reverse=True)
-    resumed = PairStream(len(pairs), seed=0, lengths=lengths, group=12, epoch=0, position=6)
-    assert resumed.take(6) == epoch[6:12]
+    resumed = DataStream(len(pairs), seed=0, lengths=lengths, group=12, epoch=0, position=6)
+    assert resumed.take(6) == [epoch[6:12]]
 
     def padded_slots(order: list[int]) -> int:
         return sum(collate([pairs[i] for i in order[s : s + 4]], "padded", 0)
                    .input_ids.numel() for s in range(0, 24, 4))
 
-    assert padded_slots(epoch) < padded_slots(PairStream(len(pairs), seed=0).take(24))
+    assert padded_slots(epoch) < padded_slots(DataStream(len(pairs), seed=0).take(24)[0])

@@ -105,7 +105,9 @@ def test_qlora_runs_on_cpu(tmp_path, tiny_dir):
     from bitsandbytes.nn import Linear4bit
     from transformers import AutoModelForCausalLM
 
-    from dpokit.train import MetricSums, loss_inputs, save_model, setup, train_step
+    from dpokit.checkpoint import save_final
+    from dpokit.tasks.preference import loss_inputs
+    from dpokit.train import setup, train_step
 
     config = build_config({"model.load_in_4bit": True, "model.lora_r": 4, "model.precision": "fp32",
                            "model.device": "cpu", "data.sample_size": 8, "data.max_length": 64, "train.steps": 2,
@@ -113,19 +115,19 @@ def test_qlora_runs_on_cpu(tmp_path, tiny_dir):
                            "output.progress": False})
     assert config.model.lora  # 4-bit implies LoRA
     run = setup(config)
-    assert run.reference.name == "lora"
+    assert run.task.reference.name == "lora"
     assert any(isinstance(m, Linear4bit) for m in run.policy.modules())
     assert all("lora_" in n for n, p in run.policy.named_parameters() if p.requires_grad)
-    pairs = run.train_pairs[:4]
-    policy, reference = run.forward(run.batch(pairs), pairs)
-    out = run.loss.fn(loss_inputs(policy, reference, 0.1), config.loss)
+    pairs = run.task.train[:4]
+    batch = run.task.batch(pairs)
+    policy, reference = run.scorer(batch), run.task.reference.logps(batch, pairs)
+    out = run.task.spec.fn(loss_inputs(policy, reference, 0.1), config.loss)
     assert out.losses.mean().item() == pytest.approx(math.log(2), abs=1e-6)
     for _ in range(2):
-        train_step(run, MetricSums())
-    save_model(run, tmp_path / "final")
+        train_step(run)
+    save_final(run, tmp_path / "final")
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "final", dtype=torch.float32)
     assert not any(isinstance(m, Linear4bit) for m in merged.modules())  # saved in full precision
-    batch = run.batch(pairs)
     run.policy.eval()
     torch.testing.assert_close(logps(merged, batch), logps(run.policy, batch), rtol=1e-5, atol=1e-4)
     with find_peft(run.policy).disable_adapter():
@@ -150,9 +152,9 @@ def test_dpo_from_an_sft_adapter_refers_to_the_sft_model(tmp_path, llama_dir):
                                "model.device": "cpu", "data.sample_size": 4, "data.max_length": 64,
                                "output.dir": str(tmp_path / "dpo"), "output.progress": False, **keys})
         run = setup(config)
-        pairs = run.train_pairs
-        batch = run.batch(pairs)
-        reference = run.forward(batch, pairs)[1].logps
+        pairs = run.task.train
+        batch = run.task.batch(pairs)
+        reference = run.task.reference.logps(batch, pairs).logps
         torch.testing.assert_close(reference, logps(sft_model, batch), rtol=1e-5, atol=1e-4)
         assert (reference - logps(raw_base, batch)).abs().max() > 1e-2  # not the raw base
 
@@ -189,7 +191,6 @@ def test_dpo_adapter_from_an_sft_adapter_is_correct_on_the_base_it_names(tmp_pat
     from transformers import AutoModelForCausalLM
 
     from dpokit.data.samples import sample_pairs
-    from dpokit.sft import sft
     from dpokit.train import train
 
     data = tmp_path / "sft.jsonl"
@@ -198,8 +199,8 @@ def test_dpo_adapter_from_an_sft_adapter_is_correct_on_the_base_it_names(tmp_pat
     common = {"model.lora": True, "model.lora_r": 4, "model.precision": "fp32", "model.device": "cpu",
               "data.max_length": 64, "train.batch_size": 4, "train.steps": 2, "train.lr": 1e-2,
               "output.progress": False, "output.save_steps": 0}
-    sft_final = sft(build_config({**common, "model.name_or_path": str(llama_dir), "data.path": str(data),
-                                  "output.dir": str(tmp_path / "sft")}))
+    sft_final = train(build_config({**common, "model.name_or_path": str(llama_dir), "data.path": str(data),
+                                    "output.dir": str(tmp_path / "sft")}), "sft")
     dpo_final = train(build_config({**common, "model.name_or_path": str(sft_final / ADAPTER_DIR),
                                     "data.sample_size": 8, "output.dir": str(tmp_path / "dpo")}))
 

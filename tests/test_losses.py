@@ -208,7 +208,7 @@ def margin_after_steps(loss_type: str, model, batch, steps: int = 3, head_start:
     much, so the policy starts with ``h = 2 * head_start``.
     """
     from dpokit.logps import SequenceScorer
-    from dpokit.train import loss_inputs
+    from dpokit.tasks.preference import loss_inputs
 
     torch.manual_seed(0)
     policy = copy.deepcopy(model).train()

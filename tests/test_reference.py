@@ -14,7 +14,8 @@ from dpokit.config import build_config
 from dpokit.errors import ConfigError
 from dpokit.lora import find_peft
 from dpokit.reference import META_KEY, AdapterDisabled, FrozenModel, Precomputed, Reference
-from dpokit.train import MetricSums, loss_inputs, setup, train_step
+from dpokit.tasks.preference import loss_inputs
+from dpokit.train import setup, train_step
 
 
 def make_config(out: Path, model: Path | str, **keys):
@@ -49,10 +50,10 @@ def add_deltas(run, deltas: dict[str, torch.Tensor]) -> None:
 
 def first_step(run):
     """Loss, rewards and reference log-probs of the first batch (all pairs, in order)."""
-    pairs = run.train_pairs
-    batch = run.batch(pairs)
-    policy, reference = run.forward(batch, pairs)
-    out = run.loss.fn(loss_inputs(policy, reference, run.config.loss.beta), run.config.loss)
+    pairs = run.task.train
+    batch = run.task.batch(pairs)
+    policy, reference = run.scorer(batch), run.task.reference.logps(batch, pairs)
+    out = run.task.spec.fn(loss_inputs(policy, reference, run.config.loss.beta), run.config.loss)
     return {"loss": out.losses.detach().mean(), "chosen_rewards": out.chosen_rewards,
             "rejected_rewards": out.rejected_rewards, "reference": reference.logps.detach()}
 
@@ -71,9 +72,9 @@ def test_all_strategies_agree_on_the_first_step(tmp_path, llama_dir):
         run = setup(make_config(tmp_path / name, llama_dir, **lora_keys, **keys))
         deltas = lora_deltas(run)
         lora[name] = first_step(run)
-        assert run.reference.name == name.split("+")[-1]
-        assert isinstance(run.reference, AdapterDisabled) == (name == "lora")
-        train_step(run, MetricSums())  # and a real optimizer step runs with it
+        assert run.task.reference.name == name.split("+")[-1]
+        assert isinstance(run.task.reference, AdapterDisabled) == (name == "lora")
+        train_step(run)  # and a real optimizer step runs with it
     for name, keys in {
         "copy": {},
         "model": {"model.ref_model": str(llama_dir)},
@@ -83,8 +84,8 @@ def test_all_strategies_agree_on_the_first_step(tmp_path, llama_dir):
         run = setup(make_config(tmp_path / name, llama_dir, **keys))
         add_deltas(run, deltas)
         full[name] = first_step(run)
-        assert run.reference.name == name.split("+")[0]
-        train_step(run, MetricSums())
+        assert run.task.reference.name == name.split("+")[0]
+        train_step(run)
 
     base = full["copy"]
     assert base["chosen_rewards"].abs().min() > 1e-3  # policy != reference: real rewards
@@ -114,18 +115,18 @@ def test_precomputed_cache_is_reused_and_keyed_by_the_model(tmp_path, llama_dir,
 
     keys = {"model.reference": "precomputed", "data.sample_size": 5}
     run = setup(make_config(tmp_path / "a", llama_dir, **keys))
-    first = [p.meta[META_KEY] for p in run.train_pairs]
+    first = [p.meta[META_KEY] for p in run.task.train]
     files = set((dpokit_cache / "reference").glob("*.safetensors"))
     assert files
-    assert isinstance(run.reference, Precomputed)
-    assert not any(isinstance(v, torch.nn.Module) for v in vars(run.reference).values())
+    assert isinstance(run.task.reference, Precomputed)
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(run.task.reference).values())
 
     def no_pass(*args, **kwargs):
         raise AssertionError("the cache should have been read")
 
     monkeypatch.setattr(reference, "score_pairs", no_pass)
     again = setup(make_config(tmp_path / "b", llama_dir, **keys))
-    assert [p.meta[META_KEY] for p in again.train_pairs] == first
+    assert [p.meta[META_KEY] for p in again.task.train] == first
     with pytest.raises(AssertionError, match="cache"):  # another reference model: another key
         setup(make_config(tmp_path / "c", llama_dir, **keys, **{"model.ref_model": str(gpt2_dir)}))
     with pytest.raises(AssertionError, match="cache"):  # other settings: another key
@@ -135,15 +136,15 @@ def test_precomputed_cache_is_reused_and_keyed_by_the_model(tmp_path, llama_dir,
 @pytest.mark.parametrize("mix", [1.0, 0.25])
 def test_tr_dpo_refresh_mixes_the_policy_into_the_reference(tmp_path, llama_dir, mix):
     run = setup(make_config(tmp_path, llama_dir, **{"model.ref_refresh_steps": 2, "model.ref_refresh_mix": mix}))
-    assert isinstance(run.reference, FrozenModel)
+    assert isinstance(run.task.reference, FrozenModel)
     name = "model.layers.0.mlp.up_proj.weight"
-    ref_param = dict(run.reference.model.named_parameters())[name]
+    ref_param = dict(run.task.reference.model.named_parameters())[name]
     pol_param = dict(run.policy.named_parameters())[name]
     start = ref_param.detach().clone()
-    train_step(run, MetricSums())  # step 1: no refresh yet
+    train_step(run)  # step 1: no refresh yet
     assert torch.equal(ref_param, start)
     assert not torch.equal(pol_param, start)
-    train_step(run, MetricSums())  # step 2: ref <- mix * policy + (1 - mix) * ref
+    train_step(run)  # step 2: ref <- mix * policy + (1 - mix) * ref
     expected = mix * pol_param.detach() + (1 - mix) * start
     torch.testing.assert_close(ref_param.detach(), expected, rtol=1e-6, atol=1e-7)
 
@@ -153,32 +154,33 @@ def test_auto_picks_the_strategy(tmp_path, llama_dir):
     from dpokit.reference import strategy_name
 
     def pick(**keys):
-        return strategy_name(make_config(tmp_path, llama_dir, **keys), True)
+        return strategy_name(make_config(tmp_path, llama_dir, **keys).model, True)
 
     assert pick() == "copy"
     assert pick(**{"model.lora": True}) == "lora"
     assert pick(**{"model.ref_model": "x"}) == "model"
     assert pick(**{"model.lora": True, "model.ref_model": "x"}) == "model"
-    assert strategy_name(make_config(tmp_path, llama_dir), False) == "none"
+    assert strategy_name(make_config(tmp_path, llama_dir).model, False) == "none"
     free = [name for name, spec in LOSSES.items() if not spec.needs_reference]
     for asked in ("auto", "copy"):  # a reference-free loss runs with no reference, whatever was asked
         run = setup(make_config(tmp_path, llama_dir, **{"loss.loss_type": free[0], "model.reference": asked}))
-        assert type(run.reference) is Reference
-        assert run.forward(run.batch(run.train_pairs[:2]), run.train_pairs[:2])[1] is None
+        assert type(run.task.reference) is Reference
+        assert run.task.reference.logps(run.task.batch(run.task.train[:2]), run.task.train[:2]) is None
 
 
 def test_reference_none_with_dpo_is_reference_free_dpo(tmp_path, llama_dir):
     """TRL's reference_free: reference log-probs are 0, so the first-step loss is not ln 2 but
     -log sigmoid(beta * (logp_w - logp_l)) and the rewards are beta * the policy's log-probs."""
     from dpokit.reference import Zeros
-    from dpokit.train import loss_inputs
+    from dpokit.tasks.preference import loss_inputs
 
     run = setup(make_config(tmp_path, llama_dir, **{"model.reference": "none"}))
-    assert isinstance(run.reference, Zeros)
-    pairs = run.train_pairs[:2]
+    assert isinstance(run.task.reference, Zeros)
+    pairs = run.task.train[:2]
     with torch.no_grad():
-        policy, reference = run.forward(run.batch(pairs), pairs)
-        out = run.loss.fn(loss_inputs(policy, reference, 0.1), run.config.loss)
+        batch = run.task.batch(pairs)
+        policy, reference = run.scorer(batch), run.task.reference.logps(batch, pairs)
+        out = run.task.spec.fn(loss_inputs(policy, reference, 0.1), run.config.loss)
     assert torch.equal(reference.logps, torch.zeros(4))
     expected = -torch.nn.functional.logsigmoid(0.1 * (policy.chosen - policy.rejected))
     torch.testing.assert_close(out.losses, expected)

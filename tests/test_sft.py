@@ -12,10 +12,11 @@ import torch
 from dpokit.config import build_config
 from dpokit.data.pairs import PreferencePair
 from dpokit.data.samples import sample_pairs
+from dpokit.data.sft import SFTStats, encode_conversation, tokenize_item
 from dpokit.data.tokenize import tokenize_pair
 from dpokit.errors import DataError
 from dpokit.lora import ADAPTER_DIR
-from dpokit.sft import SFTStats, TokenMeans, encode_conversation, setup_sft, sft_step, tokenize_item
+from dpokit.train import setup, train_step
 
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
                  "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
@@ -75,9 +76,10 @@ def sft_config(tmp_path, model, data, **keys):
 def test_loss_is_the_mean_nll_of_completion_tokens(tmp_path, llama_dir):
     data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["prompt"], "completion": " " + r["chosen"]}
                                                 for r in sample_pairs(4, 0)])
-    run = setup_sft(sft_config(tmp_path, llama_dir, data))
-    examples = run.train_examples
-    nll, tokens, _ = run.nll(examples)
+    run = setup(sft_config(tmp_path, llama_dir, data), "sft")
+    examples = run.task.train
+    out = run.task.forward(run.scorer, run.task.batch(examples), examples, 0)
+    nll, tokens = out.nll, out.tokens
     # The same number from transformers' own loss: labels -100 on prompt and padding.
     width = max(len(e.input_ids) for e in examples)
     ids = torch.tensor([e.input_ids + [0] * (width - len(e.input_ids)) for e in examples])
@@ -95,12 +97,11 @@ def test_accumulation_gives_the_same_update(tmp_path, llama_dir):
                                                 for r in sample_pairs(8, 1)])
     after = []
     for batch, accum in ((4, 1), (2, 2)):
-        run = setup_sft(sft_config(tmp_path, llama_dir, data, **{"train.batch_size": batch, "train.grad_accum": accum}))
+        run = setup(sft_config(tmp_path, llama_dir, data, **{"train.batch_size": batch, "train.grad_accum": accum}), "sft")
         run.optimizer = torch.optim.SGD(run.policy.parameters(), lr=1.0)  # the update is the gradient itself
         run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda step: 1.0)
-        window = TokenMeans()
-        sft_step(run, window)
-        after.append((window.means()["loss"], [p.detach().clone() for p in run.policy.parameters()]))
+        train_step(run)
+        after.append((run.window.means()["loss"], [p.detach().clone() for p in run.policy.parameters()]))
     assert after[0][0] == pytest.approx(after[1][0], rel=1e-6)
     for a, b in zip(after[0][1], after[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
@@ -118,17 +119,18 @@ def test_bad_rows_stop_with_file_and_line(tmp_path, llama_dir, row, message):
         if "messages" in row else {"prompt": "a", "completion": "b"}
     data = write_jsonl(tmp_path / "bad.jsonl", [first, row])
     with pytest.raises(DataError, match=message) as info:
-        setup_sft(sft_config(tmp_path, llama_dir, data))
+        setup(sft_config(tmp_path, llama_dir, data), "sft")
     assert info.value.line == 2 and str(data) in str(info.value)
 
 
 def test_base_model_warning(tmp_path, llama_dir, tiny_dir):
     from dpokit.config import ModelConfig
     from dpokit.models import base_model_warning, load_tokenizer
+    from dpokit.tiny import resolve
 
     def warning(path, **kw):
         cfg = ModelConfig(name_or_path=str(path), **kw)
-        return base_model_warning(cfg, load_tokenizer(cfg))
+        return base_model_warning(cfg, load_tokenizer(resolve(cfg)))
 
     assert "dpokit sft" in warning(llama_dir)  # no chat template, no marker: looks like a base model
     assert warning("tiny") is None  # the documented demo model stays quiet
@@ -177,12 +179,12 @@ def test_sft_help_lists_the_data_shapes(capsys):
 
 
 def test_preference_data_trains_the_chosen_side(tmp_path):
-    from dpokit.sft import load_sft_data
+    from dpokit.data.sft import load_sft_data
 
     rows = sample_pairs(5, 2)
     data = write_jsonl(tmp_path / "prefs.jsonl", rows)
     config = build_config({"data.path": str(data), "data.eval_fraction": 0.2})
-    train, evaluation = load_sft_data(config, lambda _: None)
+    train, evaluation = load_sft_data(config.data, config.train.seed, lambda _: None)
     assert len(train) == 4 and len(evaluation) == 1
     assert {(p.prompt, p.chosen) for p in train + evaluation} == {(r["prompt"], r["chosen"]) for r in rows}
 
@@ -200,12 +202,12 @@ def test_non_finite_nll_stops_before_the_update(tmp_path, llama_dir):
 
     data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": r["prompt"], "completion": " " + r["chosen"]}
                                                 for r in sample_pairs(4, 1)])
-    run = setup_sft(sft_config(tmp_path, llama_dir, data, **{"train.batch_size": 2}))
+    run = setup(sft_config(tmp_path, llama_dir, data, **{"train.batch_size": 2}), "sft")
     with torch.no_grad():
         run.policy.get_output_embeddings().weight[:, 0] = float("nan")
     before = {n: p.detach().clone() for n, p in run.policy.named_parameters()}
     with pytest.raises(DpokitError, match=r"step 1: the loss is nan; the run is stopped before the update"):
-        sft_step(run, TokenMeans())
+        train_step(run)
     assert run.state.step == 0
     for n, p in run.policy.named_parameters():
         assert torch.equal(p.nan_to_num(), before[n].nan_to_num()), n

@@ -8,29 +8,35 @@ import math
 import pytest
 import torch
 
-from dpokit.train import PairStream, lr_factor
+from dpokit.data.stream import DataStream
+from dpokit.train import lr_factor
 
 
 def test_stream_cycles_with_a_new_shuffle_each_epoch():
-    stream = PairStream(size=10, seed=3)
-    first, second = stream.take(10), stream.take(10)
+    stream = DataStream(size=10, seed=3)
+    [first], [second] = stream.take(10), stream.take(10)
     assert sorted(first) == sorted(second) == list(range(10))
     assert first != second
     assert stream.state() == {"epoch": 1, "position": 10}
-    big = PairStream(size=10, seed=3).take(16)  # an effective batch larger than the data is fine
+    [big] = DataStream(size=10, seed=3).take(16)  # an effective batch larger than the data is fine
     assert big[:10] == first and len(big) == 16
 
 
 def test_stream_resumes_from_its_state():
-    a = PairStream(size=7, seed=1)
+    a = DataStream(size=7, seed=1)
     a.take(9)
-    b = PairStream(size=7, seed=1, **a.state())
-    assert a.take(12) == b.take(12)
+    b = DataStream(size=7, seed=1, **a.state())
+    assert a.take(3, 4) == b.take(3, 4)
 
 
-def test_stream_shards_by_rank():
-    ranks = [PairStream(size=8, seed=0, rank=r, world_size=2).take(4) for r in range(2)]
-    assert sorted(ranks[0] + ranks[1]) == list(range(8))
+def test_stream_shards_by_rank_in_the_order_of_one_process():
+    """2 processes x batch 2 see, micro-batch by micro-batch, the examples 1 process x batch 4 sees,
+    also across an epoch's end (7 examples), so a run resumes on another number of processes."""
+    one = DataStream(size=7, seed=0).take(4, 3)
+    ranks = [DataStream(size=7, seed=0, rank=r, world_size=2).take(2, 3) for r in range(2)]
+    for k in range(3):
+        assert sorted(ranks[0][k] + ranks[1][k]) == sorted(one[k])
+    assert DataStream(size=7, seed=0, world_size=2).state() == DataStream(size=7, seed=0).state()
 
 
 @pytest.mark.parametrize("shape", ["constant", "linear", "cosine"])
@@ -97,23 +103,22 @@ def small_run_config(tmp_path, model_dir, **train):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_steps_are_finite(tmp_path, llama_dir, precision):
-    from dpokit.train import MetricSums, setup, train_step
+    from dpokit.train import setup, train_step
 
     run = setup(small_run_config(tmp_path, llama_dir, precision=precision))
     assert run.scaler.is_enabled() == (precision == "fp16")
-    window = MetricSums()
     for _ in range(2):
-        assert math.isfinite(train_step(run, window))
-    assert math.isfinite(window.means()["loss"]) and run.state.step == 2
+        assert math.isfinite(train_step(run))
+    assert math.isfinite(run.window.means()["loss"]) and run.state.step == 2
 
 
 def test_fp16_overflow_skips_the_update_and_lowers_the_scale(tmp_path, llama_dir):
-    from dpokit.train import MetricSums, setup, train_step
+    from dpokit.train import setup, train_step
 
     run = setup(small_run_config(tmp_path, llama_dir, precision="fp16"))
     run.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # scaled gradients overflow
     before = [p.detach().clone() for p in run.policy.parameters()]
-    train_step(run, MetricSums())  # no error: the scaler skips the step
+    train_step(run)  # no error: the scaler skips the step
     assert run.scaler.get_scale() < 2.0**127
     assert all(torch.equal(a, b) for a, b in zip(before, run.policy.parameters()))
 
@@ -133,16 +138,16 @@ def test_unwritable_output_fails_before_any_model_loads(tmp_path, llama_dir):
 def test_num_tokens_and_grad_norm_as_trl_logs_them(tmp_path, llama_dir):
     """``num_tokens`` counts prompt + chosen and prompt + rejected whatever the layout; ``grad_norm``
     is taken before clipping."""
-    from dpokit.train import MetricSums, setup, train_step
+    from dpokit.train import setup, train_step
 
     seen = []
     for layout in ("prefix", "padded"):
         run = setup(small_run_config(tmp_path / layout, llama_dir, layout=layout, max_grad_norm=1e-6))
-        grad_norm = train_step(run, MetricSums())
+        grad_norm = train_step(run)
         assert grad_norm > 1e-3  # far above the clipping threshold: logged before clipping
         seen.append(run.state.tokens_seen)
-    assert len({p.num_tokens for p in run.train_pairs}) == 1  # all pairs alike: 4 of them in the step
-    assert seen == [4 * run.train_pairs[0].num_tokens] * 2
+    assert len({p.num_tokens for p in run.task.train}) == 1  # all pairs alike: 4 of them in the step
+    assert seen == [4 * run.task.train[0].num_tokens] * 2
 
 
 def test_warmup_rounds_up_as_transformers_does():
@@ -151,18 +156,27 @@ def test_warmup_rounds_up_as_transformers_does():
 
     config = Config()
     config.train.warmup_ratio = 0.1
-    assert warmup_steps(config, 5) == 1  # a short run still warms up
-    assert warmup_steps(config, 120) == 12
+    assert warmup_steps(config.train, 5) == 1  # a short run still warms up
+    assert warmup_steps(config.train, 120) == 12
 
 
-def test_output_with_old_checkpoints_is_named_in_a_note(tmp_path):
-    from dpokit.train import make_output_dir
+def test_output_with_old_checkpoints(tmp_path):
+    """Unfinished checkpoints of an earlier run are named in a note; complete ones stop a new run
+    (it would mix with them) and point at --resume latest; leftover temporary saves are removed."""
+    from dpokit.checkpoint import MARKER, check_output_dir
+    from dpokit.errors import ConfigError
 
     for step in (4, 12):
         (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-16.tmp").mkdir()
     notes = []
-    make_output_dir(tmp_path, notes.append)
-    assert len(notes) == 1 and "checkpoint-4, checkpoint-12" in notes[0] and "earlier run" in notes[0]
+    check_output_dir(tmp_path, False, notes.append)
+    assert not (tmp_path / "checkpoint-16.tmp").exists()
+    assert any("checkpoint-4, checkpoint-12" in n and "earlier run" in n for n in notes)
     notes.clear()
-    make_output_dir(tmp_path / "fresh", notes.append)
+    check_output_dir(tmp_path / "fresh", False, notes.append)
     assert notes == []
+    (tmp_path / "checkpoint-12" / MARKER).write_text("{}")
+    with pytest.raises(ConfigError, match="checkpoint-12.*\n  fix: add --resume latest"):
+        check_output_dir(tmp_path, False, notes.append)
+    check_output_dir(tmp_path, True, notes.append)  # resuming it is fine

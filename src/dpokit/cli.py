@@ -23,7 +23,7 @@ Prompts are masked. Full fine-tuning, or --lora true / --load-in-4bit true (QLoR
 
 
 def cmd_train(argv: list[str], command: str = "train") -> int:
-    """``dpokit train`` (DPO) and ``dpokit sft``: the same config machinery, two loops."""
+    """``dpokit train`` (DPO) and ``dpokit sft``: the same config machinery and loop, two tasks."""
     from dpokit import config as cfgmod
 
     if any(a in ("-h", "--help") for a in argv):
@@ -43,20 +43,41 @@ def cmd_train(argv: list[str], command: str = "train") -> int:
     from transformers.utils import logging as hf_logging
 
     from dpokit import dist
+    from dpokit.train import RunStopped, train
 
     hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars at every save
     try:
-        if command == "sft":
-            from dpokit.sft import sft
-
-            sft(config, demo=info["demo"])
-        else:
-            from dpokit.train import train
-
-            train(config, demo=info["demo"])
+        train(config, task="sft" if command == "sft" else "dpo", demo=info["demo"])
+    except RunStopped as stop:
+        if dist.is_main():
+            print(f"stopped by {stop.why} after step {stop.step} of {stop.total}; checkpoint {stop.checkpoint}.\n"
+                  f"Resume with:\n  {resume_command(command, argv)}", file=sys.stderr, flush=True)
+        return stop.exit_code
     finally:
         dist.shutdown()  # under torchrun: all ranks leave together
     return 0
+
+
+def resume_command(command: str, argv: list[str]) -> str:
+    """The command line that resumes this run: its own arguments with ``--resume latest``."""
+    import os
+    import shlex
+
+    args, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg.replace("_", "-") in ("--resume", "--train.resume", "--resume-from-checkpoint"):
+            skip = True
+            continue
+        if arg.replace("_", "-").startswith(("--resume=", "--train.resume=", "--resume-from-checkpoint=")):
+            continue
+        args.append(arg)
+    line = shlex.join(["dpokit", command, *args, "--resume", "latest"])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        line = f"{line}   (under the same torchrun command: torchrun ... -m {line})"
+    return line
 
 
 @contextmanager

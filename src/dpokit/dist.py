@@ -8,6 +8,7 @@ works the same way with rank 0 of 1. The rest of the code asks `is_main()`, `bar
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,23 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if td.is_initialized():
         td.all_reduce(tensor, op=td.ReduceOp.SUM)
     return tensor
+
+
+def any_true(flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (every process must call it)."""
+    if not td.is_initialized():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    td.all_reduce(value, op=td.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gradient_sync(module: torch.nn.Module, sync: bool) -> AbstractContextManager:
+    """A context in which ``module``'s backward passes all-reduce gradients only when ``sync``: under
+    gradient accumulation the micro-steps before the last skip DDP's all-reduce (``no_sync``)."""
+    if sync or not hasattr(module, "no_sync"):
+        return nullcontext()
+    return module.no_sync()
 
 
 def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

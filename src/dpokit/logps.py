@@ -23,7 +23,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from dpokit.data.collate import PreferenceBatch
+from dpokit.data.sft import SequenceBatch
 from dpokit.errors import ConfigError
+
+Batch = PreferenceBatch | SequenceBatch  # what the scorer reads: model inputs and the scored positions
 
 
 @dataclass
@@ -185,7 +188,7 @@ def head_matches_forward(model: nn.Module, input_ids: torch.Tensor) -> bool:
     return matches
 
 
-def model_inputs(model: nn.Module, batch: PreferenceBatch) -> dict[str, torch.Tensor | None]:
+def model_inputs(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor | None]:
     """The decoder's keyword inputs for ``batch``: its (R, T, T) mask made additive, or left out.
 
     SDPA and eager attention take the additive float mask ``(R, 1, T, T)``: 0 where a token may
@@ -226,9 +229,9 @@ def _token_logps(
     return picked - torch.logsumexp(logits, dim=-1), logits.detach().mean(-1)
 
 
-def _per_sequence(batch: PreferenceBatch, token_logps: torch.Tensor, token_means: torch.Tensor) -> SequenceLogps:
-    """Sum token log-probs (N,) into sequences (2B,); mean logits alongside."""
-    num_seqs = 2 * batch.num_pairs
+def _per_sequence(batch: Batch, token_logps: torch.Tensor, token_means: torch.Tensor) -> SequenceLogps:
+    """Sum token log-probs (N,) into sequences (S,: 2B for pairs); mean logits alongside."""
+    num_seqs = batch.num_sequences
     logps = torch.zeros(num_seqs, dtype=torch.float32, device=token_logps.device)
     logps = logps.index_add(0, batch.seq_index, token_logps)  # (2B,)
     tokens = torch.bincount(batch.seq_index, minlength=num_seqs)  # (2B,)
@@ -248,7 +251,7 @@ class SequenceScorer(nn.Module):
         self.model = model
         self.chunk_size = chunk_size
 
-    def forward(self, batch: PreferenceBatch) -> SequenceLogps:
+    def forward(self, batch: Batch) -> SequenceLogps:
         inner = unwrap(self.model)
         if not head_matches_forward(inner, batch.input_ids):
             return plain_sequence_logps(self.model, batch)
@@ -269,7 +272,7 @@ class SequenceScorer(nn.Module):
         return _per_sequence(batch, torch.cat(pieces), torch.cat(means))
 
 
-def plain_sequence_logps(model: nn.Module, batch: PreferenceBatch) -> SequenceLogps:
+def plain_sequence_logps(model: nn.Module, batch: Batch) -> SequenceLogps:
     """Per-sequence log-probs from the model's own full ``(R, T, V)`` logits: the slow, obvious way.
 
     The fallback for models whose logits are post-processed in ways `logit_transform` does not
@@ -279,11 +282,6 @@ def plain_sequence_logps(model: nn.Module, batch: PreferenceBatch) -> SequenceLo
     picked = logits.reshape(-1, logits.shape[-1])[batch.logit_index].float()  # (N, V)
     token_logps = F.log_softmax(picked, dim=-1).gather(-1, batch.target_ids[:, None]).squeeze(-1)  # (N,)
     return _per_sequence(batch, token_logps, picked.detach().mean(-1))
-
-
-def reference_sequence_logps(model: nn.Module, batch: PreferenceBatch) -> torch.Tensor:
-    """(2B,) summed completion log-probs by the plain path (`plain_sequence_logps`)."""
-    return plain_sequence_logps(model, batch).logps
 
 
 def compile_decoder(model: nn.Module, dynamic: bool = True, **options: Any) -> nn.Module:

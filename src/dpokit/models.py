@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +20,7 @@ from dpokit.lora import (
     quantization_config,
 )
 
-TINY = "tiny"
-TINY_VERSION = "3"
+TINY = "tiny"  # the built-in tiny model's name (``tiny.py`` builds it; the caller resolves it to a directory)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -61,10 +57,6 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("DPOKIT_CACHE", Path.home() / ".cache" / "dpokit"))
-
-
 def disable_dropout(model: nn.Module) -> None:
     """DPO runs without dropout in policy and reference (the reference implementation and TRL).
 
@@ -81,15 +73,12 @@ def disable_dropout(model: nn.Module) -> None:
 
 
 def _source(cfg: ModelConfig) -> str:
-    if cfg.name_or_path == TINY and cfg.weights is None:
-        return str(tiny_model_dir())
     return cfg.weights or cfg.name_or_path
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
+    """The tokenizer of the policy's source (an adapter directory's base when it has none)."""
     from transformers import AutoTokenizer
-
-    from dpokit.data.tokenize import prepare_tokenizer
 
     source = _source(cfg)
     if adapter_base(source) and not (Path(source) / "tokenizer_config.json").is_file():
@@ -100,7 +89,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
             trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
         raise ConfigError(_load_hint(source, e)) from None
-    return prepare_tokenizer(tokenizer)
+    return tokenizer
 
 
 def _load_hint(source: str, error: Exception) -> str:
@@ -182,85 +171,6 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     reference.eval()
     reference.requires_grad_(False)
     return reference
-
-
-# ---- the built-in tiny model ----------------------------------------------------------------
-
-
-def tiny_model_dir() -> Path:
-    """Directory of the built-in tiny model, built on first use and cached (``$DPOKIT_CACHE``)."""
-    key = hashlib.sha256(f"tiny-{TINY_VERSION}".encode()).hexdigest()[:10]
-    path = cache_dir() / f"tiny-model-{key}"
-    if not (path / "config.json").exists():
-        print(f"building the built-in tiny model (first use only, about half a minute; cached in {path})",
-              file=sys.stderr, flush=True)
-        build_tiny_model(path)
-    return path
-
-
-def build_tiny_tokenizer(vocab_size: int = 1024) -> Any:
-    """A byte-level BPE tokenizer trained on the sample-data vocabulary, as a transformers tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from dpokit.data.samples import corpus_text
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus_text().splitlines(), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
-def build_tiny_model(path: Path, warmup_steps: int = 300, seed: int = 0) -> None:
-    """Build the tiny Llama and warm it up with a short supervised pass on sample text.
-
-    The warm-up text (``samples.warmup_texts``) mixes good and bad answer templates with topics
-    drawn at random, so the model writes words but has no preference between the chosen and
-    rejected answers of a sample pair yet: that is what DPO then teaches it.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from dpokit.data.samples import warmup_texts
-
-    torch.manual_seed(seed)
-    tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=344, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
-    texts = warmup_texts(2000, seed=12345)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for step in range(warmup_steps):
-        idx = torch.randint(len(texts), (16,), generator=generator).tolist()
-        enc = tokenizer([texts[i] + tokenizer.eos_token for i in idx], return_tensors="pt", padding=True)
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        lr = 3e-3 * min(1.0, (step + 1) / 30) * (1 - step / warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = model(**enc, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    model.eval()
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, path)  # atomic: a half-built model is never seen as built
-    except OSError:  # another process built it first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def enable_checkpointing(model: nn.Module) -> None:

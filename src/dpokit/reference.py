@@ -45,12 +45,13 @@ import torch
 from torch import nn
 
 from dpokit import dist
-from dpokit.config import Config
+from dpokit.config import ModelConfig
 from dpokit.data.collate import PreferenceBatch
 from dpokit.data.pairs import TokenizedPair
 from dpokit.errors import ConfigError
 from dpokit.logps import SequenceLogps, SequenceScorer, unwrap
 from dpokit.lora import find_peft
+from dpokit.paths import cache_dir
 
 CACHE_VERSION = "1"
 META_KEY = "reference_logps"  # TokenizedPair.meta entry of the precomputed strategy: (chosen, rejected)
@@ -71,6 +72,19 @@ class Reference:
 
     def describe(self) -> str:
         return self.name
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors a checkpoint must keep for the next step to be the same (a refreshed reference's
+        weights); empty when the reference never changes."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise ValueError(f"reference '{self.name}' keeps no state, but the checkpoint holds some")
+
+    def key(self) -> str | None:
+        """What identifies the reference's values across a resume (the precomputed cache's key)."""
+        return None
 
 
 class Zeros(Reference):
@@ -107,6 +121,21 @@ class FrozenModel(Reference):
         # TR-DPO: ref <- alpha * policy + (1 - alpha) * ref (Gorbatovski et al. 2024, sec. 3).
         for ref, pol in self.pairs:
             ref.lerp_(pol.detach().to(ref.dtype), self.refresh_mix)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.refresh_steps is None:
+            return {}
+        return {k: v.detach().contiguous() for k, v in unwrap(self.model).state_dict().items()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if not state:
+            return
+        own = unwrap(self.model).state_dict()
+        if own.keys() != state.keys():
+            raise ValueError("the checkpoint's reference weights do not match this reference model")
+        for name, value in state.items():
+            own[name].copy_(value)
 
     def describe(self) -> str:
         text = {"copy": "frozen copy of the policy", "model": "separate model"}.get(self.name, self.name)
@@ -153,8 +182,12 @@ class Precomputed(Reference):
 
     name = "precomputed"
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, cache_key: str) -> None:
         self.source = source
+        self.cache_key = cache_key
+
+    def key(self) -> str | None:
+        return self.cache_key
 
     def logps(self, batch: PreferenceBatch, pairs: list[TokenizedPair]) -> SequenceLogps:
         values = torch.tensor([p.meta[META_KEY] for p in pairs], dtype=torch.float32)  # (B, 2)
@@ -168,56 +201,55 @@ class Precomputed(Reference):
 # ---- choosing and building a strategy -----------------------------------------------------------
 
 
-def strategy_name(config: Config, needs_reference: bool) -> str:
-    """The strategy ``model.reference`` resolves to (``auto`` filled in), checked against the loss."""
-    m = config.model
-    name = m.reference
+def strategy_name(cfg: ModelConfig, needs_reference: bool) -> str:
+    """The strategy ``cfg.reference`` resolves to (``auto`` filled in), checked against the loss."""
+    name = cfg.reference
     if not needs_reference:  # whatever was asked: nothing would read a reference's log-probs
         name = "none"
     elif name == "auto":
-        name = "model" if m.ref_model else "lora" if m.lora else "copy"
-    if m.ref_refresh_steps is not None and name not in ("copy", "model"):
+        name = "model" if cfg.ref_model else "lora" if cfg.lora else "copy"
+    if cfg.ref_refresh_steps is not None and name not in ("copy", "model"):
         raise ConfigError(f"ref_refresh_steps (TR-DPO) refreshes a reference held in memory; reference "
                           f"'{name}' has none. Use --reference copy or --ref-model PATH")
     return name
 
 
 def build_reference(
-    config: Config, policy: nn.Module, needs_reference: bool, device: torch.device, precision: str,
-    batcher: Batcher, pairs: list[TokenizedPair], log: Callable[[str], None] = print,
+    cfg: ModelConfig, loss_name: str, needs_reference: bool, policy: nn.Module, device: torch.device,
+    precision: str, batcher: Batcher, pairs: list[TokenizedPair], batch_size: int,
+    log: Callable[[str], None] = print,
 ) -> Reference:
-    """The reference strategy of a run. ``pairs`` are all training and evaluation pairs (the
-    precomputed strategy scores them now); ``batcher`` lays pairs out as a batch on the device."""
-    name = strategy_name(config, needs_reference)
-    if not needs_reference and config.model.reference not in ("auto", "none"):
-        log(f"note: loss '{config.loss.loss_type}' uses no reference; --reference {config.model.reference} "
-            "is ignored")
-    m = config.model
+    """The reference strategy of a run with loss ``loss_name``. ``pairs`` are all training and
+    evaluation pairs (the precomputed strategy scores them now, ``batch_size`` at a time);
+    ``batcher`` lays pairs out as a batch on the device."""
+    name = strategy_name(cfg, needs_reference)
+    if not needs_reference and cfg.reference not in ("auto", "none"):
+        log(f"note: loss '{loss_name}' uses no reference; --reference {cfg.reference} is ignored")
     if name == "none":
         if needs_reference:
-            log(f"note: --reference none with loss '{config.loss.loss_type}': reference log-probs are taken "
+            log(f"note: --reference none with loss '{loss_name}': reference log-probs are taken "
                 "as 0 (reference-free, as TRL's reference_free), so rewards are beta * log pi(y|x)")
             return Zeros()
         return Reference()
     if name == "copy":
         from dpokit.models import frozen_copy
 
-        return FrozenModel(frozen_copy(policy), "copy", policy, m.ref_refresh_steps, m.ref_refresh_mix)
+        return FrozenModel(frozen_copy(policy), "copy", policy, cfg.ref_refresh_steps, cfg.ref_refresh_mix)
     if name == "model":
-        return FrozenModel(load_reference_model(config, device), "model", policy, m.ref_refresh_steps,
-                           m.ref_refresh_mix)
+        return FrozenModel(load_reference_model(cfg, device), "model", policy, cfg.ref_refresh_steps,
+                           cfg.ref_refresh_mix)
     if name == "lora":
         return AdapterDisabled(policy)
-    return precompute(config, policy, device, precision, batcher, pairs, log)
+    return precompute(cfg, policy, device, precision, batcher, pairs, batch_size, log)
 
 
-def load_reference_model(config: Config, device: torch.device) -> nn.Module:
-    """The separate reference model ``model.ref_model``, loaded like the policy (4-bit under QLoRA)."""
+def load_reference_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
+    """The separate reference model ``cfg.ref_model``, loaded like the policy (4-bit under QLoRA)."""
     from dpokit.models import load_model
 
-    cfg = replace(config.model, name_or_path=config.model.ref_model, weights=None, revision=None,
-                  gradient_checkpointing=False, reference="auto", ref_model=None)
-    return load_model(cfg, device)
+    ref = replace(cfg, name_or_path=cfg.ref_model, weights=None, revision=None, gradient_checkpointing=False,
+                  reference="auto", ref_model=None)
+    return load_model(ref, device)
 
 
 # ---- precomputed reference log-probs ------------------------------------------------------------
@@ -248,11 +280,9 @@ def pairs_digest(pairs: list[TokenizedPair]) -> str:
     return h.hexdigest()
 
 
-def cache_path(pairs: list[TokenizedPair], model_hash: str, config: Config, precision: str,
+def cache_path(pairs: list[TokenizedPair], model_hash: str, cfg: ModelConfig, precision: str,
                device: torch.device) -> Path:
-    from dpokit.models import cache_dir
-
-    settings = json.dumps([CACHE_VERSION, model_hash, precision, config.model.attn_implementation, device.type])
+    settings = json.dumps([CACHE_VERSION, model_hash, precision, cfg.attn_implementation, device.type])
     key = hashlib.sha256(f"{pairs_digest(pairs)}|{settings}".encode()).hexdigest()[:32]
     return cache_dir() / "reference" / f"{key}.safetensors"
 
@@ -281,15 +311,15 @@ def score_pairs(model: nn.Module, pairs: list[TokenizedPair], batcher: Batcher, 
     return dist.all_reduce_sum(out).float().cpu()
 
 
-def precompute(config: Config, policy: nn.Module, device: torch.device, precision: str, batcher: Batcher,
-               pairs: list[TokenizedPair], log: Callable[[str], None] = print) -> Precomputed:
+def precompute(cfg: ModelConfig, policy: nn.Module, device: torch.device, precision: str, batcher: Batcher,
+               pairs: list[TokenizedPair], batch_size: int, log: Callable[[str], None] = print) -> Precomputed:
     """Score every pair with the reference once (or read the cache) and store it in ``pair.meta``."""
     from safetensors.torch import load_file, save_file
 
-    ref_path = config.model.ref_model
-    model = load_reference_model(config, device) if ref_path else policy
+    ref_path = cfg.ref_model
+    model = load_reference_model(cfg, device) if ref_path else policy
     source = ref_path or "the starting policy"
-    path = cache_path(pairs, fingerprint(model), config, precision, device)
+    path = cache_path(pairs, fingerprint(model), cfg, precision, device)
     values = None
     if path.is_file():
         try:
@@ -303,7 +333,7 @@ def precompute(config: Config, policy: nn.Module, device: torch.device, precisio
         log(f"precomputing reference log-probs of {len(pairs)} pairs with {source}")
         was_training = model.training
         model.eval()
-        values = score_pairs(model, pairs, batcher, config.train.batch_size, precision, device)
+        values = score_pairs(model, pairs, batcher, batch_size, precision, device)
         model.train(was_training)
         if dist.is_main():
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,4 +345,4 @@ def precompute(config: Config, policy: nn.Module, device: torch.device, precisio
     if model is not policy:
         del model
         gc.collect()
-    return Precomputed(source)
+    return Precomputed(source, path.stem)

@@ -1,112 +1,42 @@
-"""The training loop: policy + frozen reference, a registered preference loss, AdamW.
+"""The training loop, one for every task (``tasks/``: DPO's preference pairs, SFT's sequences).
 
-Read top to bottom: `train` sets up (data first, so bad data stops the run before a model is
-loaded), then runs one linear loop of optimizer steps. Each optimizer step takes
-``grad_accum`` micro-batches; every micro-batch's loss is divided by the number of pairs in the
-whole step, so batch B x accumulation K gives the same update as batch BK x 1. Everything a
-checkpoint needs lives in `TrainState` and the objects it names.
+Read top to bottom: `setup` builds the run (data first, so bad data stops it before a model
+loads; then the tokenizer, the policy, the task's reference, the optimizer, and a checkpoint's state
+when resuming), `fit` runs one linear loop of optimizer steps with logging, evaluation and
+checkpoints, and saves the final model. Each optimizer step (`train_step`) takes ``grad_accum``
+micro-batches; the task divides each micro-batch's loss by the whole step's normaliser (pairs,
+tokens), so batch B x accumulation K gives the same update as batch BK x 1.
+
+SIGTERM (what SLURM and Kubernetes send before a kill) and Ctrl-C stop the run at the next step
+boundary with a checkpoint; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+import numpy as np
 import torch
 
-from dpokit import dist
-from dpokit.config import Config
-from dpokit.data.cache import tokenize_train_eval
-from dpokit.data.collate import PreferenceBatch, collate
-from dpokit.data.pairs import TokenizedPair
-from dpokit.data.sources import load_train_eval
-from dpokit.diagnostics import Diagnostics
-from dpokit.errors import ConfigError, DpokitError
-from dpokit.logps import SequenceLogps, SequenceScorer, compile_decoder, layout_for
-from dpokit.lora import save_policy
-from dpokit.losses import (
-    LossInputs,
-    LossOutput,
-    LossSpec,
-    beta_at,
-    get_loss,
-    ignored_settings,
-    rewards_per_token,
-)
-from dpokit.models import (
-    autocast,
-    base_model_warning,
-    load_policy,
-    load_tokenizer,
-    resolve_device,
-    resolve_precision,
-)
-from dpokit.reference import Reference, build_reference
+from dpokit import checkpoint, dist
+from dpokit.config import Config, TrainConfig
+from dpokit.data.stream import DataStream
+from dpokit.errors import DpokitError
+from dpokit.logps import SequenceScorer, compile_decoder
+from dpokit.models import autocast, load_policy, load_tokenizer, resolve_device, resolve_precision
+from dpokit.run import Run, TrainState
+from dpokit.tasks import make_task
+from dpokit.tiny import resolve
 from dpokit.tracking import MetricsLog
-
-
-@dataclass
-class PairStream:
-    """Endless stream of pair indices: one shuffled pass after another, this rank's share only.
-
-    ``epoch`` and ``position`` are the whole state, so a checkpoint can resume mid-epoch.
-    """
-
-    size: int
-    seed: int
-    rank: int = 0
-    world_size: int = 1
-    epoch: int = 0
-    position: int = 0
-    lengths: list[int] | None = None  # tokens of each pair: given, batches are grouped by length
-    group: int = 1  # pairs per length-sorted mega-batch
-
-    def _order(self) -> list[int]:
-        order = list(range(self.size))
-        random.Random(self.seed + self.epoch).shuffle(order)
-        if self.lengths is not None and self.group > 1:
-            # Length grouping: sort each mega-batch of shuffled pairs, longest first, so that the
-            # micro-batches cut from it hold pairs of similar length (less padding).
-            order = [i for start in range(0, len(order), self.group)
-                     for i in sorted(order[start : start + self.group], key=lambda i: -self.lengths[i])]
-        return order[self.rank :: self.world_size]
-
-    def take(self, n: int) -> list[int]:
-        out: list[int] = []
-        order = self._order()
-        while len(out) < n:
-            if self.position >= len(order):
-                self.epoch, self.position = self.epoch + 1, 0
-                order = self._order()
-            out.append(order[self.position])
-            self.position += 1
-        return out
-
-    def epochs_done(self) -> float:
-        """Passes over this rank's share of the data so far (fractional)."""
-        return self.epoch + self.position / max(1, len(range(self.rank, self.size, self.world_size)))
-
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-
-@dataclass
-class TrainState:
-    """Counters of the run (micro-steps and optimizer steps apart) and the data position."""
-
-    step: int = 0  # optimizer steps done
-    micro_step: int = 0  # micro-batches done
-    tokens_seen: int = 0  # TRL's num_tokens: prompt + chosen and prompt + rejected of each pair (SFT: rows)
-    stream: dict[str, int] = field(default_factory=dict)
 
 
 def lr_factor(step: int, total: int, warmup: int, shape: str) -> float:
@@ -121,165 +51,52 @@ def lr_factor(step: int, total: int, warmup: int, shape: str) -> float:
     return 1.0
 
 
-def warmup_steps(config: Config, total: int) -> int:
-    if config.train.warmup_steps is not None:
-        return config.train.warmup_steps
-    return math.ceil(config.train.warmup_ratio * total)  # rounded up, as transformers does
+def warmup_steps(cfg: TrainConfig, total: int) -> int:
+    if cfg.warmup_steps is not None:
+        return cfg.warmup_steps
+    return math.ceil(cfg.warmup_ratio * total)  # rounded up, as transformers does
 
 
-def total_steps(config: Config, num_pairs: int, world_size: int) -> int:
-    if config.train.steps is not None:
-        return config.train.steps
-    per_step = config.train.batch_size * config.train.grad_accum * world_size
-    return max(1, math.ceil((config.train.epochs or 1.0) * num_pairs / per_step))
-
-
-def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling for fp16 (its gradients underflow without it); disabled for fp32 and bf16."""
-    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+def total_steps(cfg: TrainConfig, num_examples: int, world_size: int) -> int:
+    if cfg.steps is not None:
+        return cfg.steps
+    per_step = cfg.batch_size * cfg.grad_accum * world_size
+    return max(1, math.ceil((cfg.epochs or 1.0) * num_examples / per_step))
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-# ---- one step's numbers -----------------------------------------------------------------------
-
-
-def loss_inputs(policy: SequenceLogps, reference: SequenceLogps | None, beta: float) -> LossInputs:
-    b = policy.num_pairs
-    return LossInputs(
-        policy_chosen=policy.chosen, policy_rejected=policy.rejected,
-        reference_chosen=None if reference is None else reference.chosen,
-        reference_rejected=None if reference is None else reference.rejected,
-        chosen_tokens=policy.tokens[:b], rejected_tokens=policy.tokens[b:], beta=beta,
-    )
-
-
-class MetricSums:
-    """Sums of per-pair metrics over a logging window (or an evaluation), averaged on read.
-
-    ``loss`` is what the step minimises: the mean pair loss plus, for losses with a token term
-    (ORPO's NLL, ``--rpo-alpha``, ``sft``), that term per chosen completion token, also logged
-    alone as ``nll_loss``.
-    """
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.pairs = 0
-        self.token_loss: float | None = None  # summed token term, None when the loss has none
-        self.chosen_tokens = 0
-
-    def add(self, out: LossOutput, policy: SequenceLogps) -> None:
-        b = policy.num_pairs
-        chosen, rejected = out.chosen_rewards.float(), out.rejected_rewards.float()
-        values = {
-            "loss": out.losses.detach().sum(),
-            "rewards/chosen": chosen.sum(),
-            "rewards/rejected": rejected.sum(),
-            "rewards/margins": (chosen - rejected).sum(),
-            "rewards/accuracies": (chosen > rejected).float().sum(),
-            "tokens/chosen": policy.tokens[:b].sum(),
-            "tokens/rejected": policy.tokens[b:].sum(),
-            "logps/chosen": policy.chosen.detach().sum(),
-            "logps/rejected": policy.rejected.detach().sum(),
-            "logits/chosen": policy.logits_mean[:b].sum(),
-            "logits/rejected": policy.logits_mean[b:].sum(),
-            "policy_preference": (policy.mean[:b] > policy.mean[b:]).float().sum(),
-        }
-        for name, value in values.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value)
-        self.pairs += b
-        if out.token_loss is not None:
-            self.token_loss = (self.token_loss or 0.0) + float(out.token_loss.detach())
-            self.chosen_tokens += int(policy.tokens[:b].sum())
-
-    def means(self, prefix: str = "") -> dict[str, float]:
-        extra = [self.token_loss or 0.0, float(self.chosen_tokens)]
-        totals = torch.tensor([*self.sums.values(), *extra, float(self.pairs)], dtype=torch.float64)
-        dist.all_reduce_sum(totals)
-        n = max(1.0, float(totals[-1]))
-        out = {f"{prefix}{k}": float(v) / n for k, v in zip(self.sums, totals[:-3])}
-        if self.token_loss is not None:
-            nll = float(totals[-3]) / max(1.0, float(totals[-2]))
-            out[f"{prefix}loss"] += nll
-            out[f"{prefix}nll_loss"] = nll
-        return out
-
-
-# ---- the run ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """Everything a training run holds; a checkpoint saves what it needs from here."""
-
-    config: Config
-    info: dist.DistInfo
-    device: torch.device
-    precision: str
-    tokenizer: Any
-    policy: torch.nn.Module
-    scorer: torch.nn.Module  # SequenceScorer(policy), wrapped in DDP under torchrun
-    reference: Reference  # where reference log-probs come from (reference.py)
-    loss: LossSpec
-    train_pairs: list[TokenizedPair]
-    eval_pairs: list[TokenizedPair]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler  # loss scaling under fp16; a pass-through otherwise
-    stream: PairStream
-    state: TrainState
-    total_steps: int
-    out_dir: Path
-    log: MetricsLog
-
-    def batch(self, pairs: list[TokenizedPair]) -> PreferenceBatch:
-        return collate(pairs, self.config.data.layout, self.tokenizer.pad_token_id).to(self.device)
-
-    def forward(self, batch: PreferenceBatch, pairs: list[TokenizedPair]) -> tuple[SequenceLogps, SequenceLogps | None]:
-        """Policy and reference log-probs of ``batch``, which lays out ``pairs``."""
-        with autocast(self.precision, self.device):
-            policy = self.scorer(batch)
-            reference = self.reference.logps(batch, pairs)
-        return policy, reference
-
-
-def setup(config: Config, demo: bool = False) -> Run:
-    """Load data (checked first), tokenizer, models and optimizer for a run."""
+def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
+    """Build a run of ``task`` (``dpo`` or ``sft``): data (checked first), tokenizer, models,
+    optimizer, and with ``train.resume`` the checkpoint's state."""
     device = resolve_device(config.model.device)
     info = dist.init(device.type)
     seed_everything(config.train.seed + info.rank)
+    precision = config.model.precision = resolve_precision(config.model.precision, device)
+    given = config.to_dict()  # before the model changes anything (the layout it allows)
     out_dir = Path(config.output.dir)
-    loss = get_loss(config.loss.loss_type)
     log = MetricsLog(None, enabled=info.is_main)
+    job = make_task(task, config)
+    job.load(log.print)  # bad data stops us here, before any model loads
+    resume_from = checkpoint.find(config.train.resume, out_dir) if config.train.resume else None
+    resume_state = checkpoint.check_resumable(resume_from, job.name, given) if resume_from else None
+    if info.is_main:  # a bad --output stops us here too
+        checkpoint.check_output_dir(out_dir, resume_from is not None, log.print)
 
-    train_raw, eval_raw = load_train_eval(config.data, config.train.seed, log.print)  # bad data stops us here
-    if info.is_main:
-        make_output_dir(out_dir, log.print)  # a bad --output stops us here too, before any model loads
-    tokenizer = load_tokenizer(config.model)
+    job.model_config = resolve(config.model)  # ``tiny``: the built-in model's directory
+    tokenizer = load_tokenizer(job.model_config)
     if config.data.chat_template:
         tokenizer.chat_template = config.data.chat_template
-    if (warning := base_model_warning(config.model, tokenizer)) is not None:
-        log.print(warning)
-    # Tokenized once: a second run with the same data, tokenizer and settings reads the cache.
-    train_pairs, eval_pairs = tokenize_train_eval(config.data, train_raw, eval_raw, tokenizer, log.print)
-    if not train_pairs:
-        raise DpokitError("no training pairs left after tokenization; raise --max-length or check the data")
-
-    precision = resolve_precision(config.model.precision, device)
-    policy = load_policy(config.model, device)  # with LoRA / QLoRA adapters when configured
+    job.tokenize(tokenizer, log.print)
+    steps = total_steps(config.train, len(job.train), info.world_size)
+    warmup = warmup_steps(config.train, steps)
+    policy = load_policy(job.model_config, device)  # with LoRA / QLoRA adapters when configured
     policy.train()
-    if ignored := ignored_settings(config.loss):
-        log.print(f"note: loss '{loss.name}' does not use {', '.join(ignored)}; it has no effect")
-    config.data.layout, why = layout_for(policy, config.data.layout, config.data.max_length)
-    if why is not None:
-        log.print(f"note: {why}")
-    reference = build_reference(
-        config, policy, loss.needs_reference, device, precision,
-        lambda pairs: collate(pairs, config.data.layout, tokenizer.pad_token_id).to(device),
-        train_pairs + eval_pairs, log.print)
+    job.prepare(policy, device, precision, steps, log.print)  # the reference comes from the starting policy
     if config.model.compile:  # after the reference is copied: the copy stays uncompiled
         compile_decoder(policy)
     scorer = dist.wrap_ddp(SequenceScorer(policy), device)
@@ -287,92 +104,73 @@ def setup(config: Config, demo: bool = False) -> Run:
         [p for p in policy.parameters() if p.requires_grad], lr=config.train.lr,
         betas=config.train.adam_betas, weight_decay=config.train.weight_decay,
         fused=device.type == "cpu" or None)
-    steps = total_steps(config, len(train_pairs), info.world_size)
-    warmup = warmup_steps(config, steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps, warmup, config.train.scheduler))
-    stream = PairStream(len(train_pairs), config.train.seed, info.rank, info.world_size)
+    stream = DataStream(len(job.train), config.train.seed, info.rank, info.world_size)
     if config.data.group_by_length:
-        stream.lengths = [p.num_tokens for p in train_pairs]
+        stream.lengths = job.lengths()
         stream.group = 64 * config.train.batch_size * config.train.grad_accum * info.world_size
+    metrics = out_dir / "metrics.jsonl"
     if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
         config.save(out_dir / "config.yaml")
-        log = MetricsLog(out_dir / "metrics.jsonl", enabled=True)
+        if resume_state is not None:
+            checkpoint.keep_rows_up_to(metrics, resume_state["counters"]["step"])
+        log = MetricsLog(metrics, enabled=True, append=resume_state is not None)
+    run = Run(config, given, job, info, device, precision, tokenizer, policy, scorer, optimizer, scheduler,
+              torch.amp.GradScaler(device.type, enabled=precision == "fp16"), stream, TrainState(), steps, warmup,
+              out_dir, log, job.metrics(), job.diagnostics(steps, warmup, log.print))
+    if resume_from is not None and resume_state is not None:
+        checkpoint.load_checkpoint(run, resume_from, resume_state)
+    if info.is_main:
         n_params = sum(p.numel() for p in policy.parameters())
         start = f" from {config.model.weights}" if config.model.weights else ""
-        log.print(f"{'demo: ' if demo else ''}model {config.model.name_or_path}{start} ({n_params / 1e6:.1f}M params), "
-                  f"precision {precision}, device {device}, {len(train_pairs)} train / {len(eval_pairs)} eval "
-                  f"pairs, {steps} steps x {config.train.batch_size * config.train.grad_accum * info.world_size} "
-                  f"pairs, loss {loss.name}, reference: {reference.describe()}")
-    return Run(config, info, device, precision, tokenizer, policy, scorer, reference, loss, train_pairs, eval_pairs,
-               optimizer, scheduler, grad_scaler(precision, device), stream, TrainState(), steps, out_dir, log)
+        resumed = f", resuming {resume_from} at step {run.state.step}" if resume_from else ""
+        log.print(f"{'demo: ' if demo else ''}{job.name} of {config.model.name_or_path}{start} ({n_params / 1e6:.1f}M "
+                  f"params), precision {precision}, device {device}, {len(job.train)} train / {len(job.eval)} eval "
+                  f"{job.unit}, {steps} steps x {config.train.batch_size * config.train.grad_accum * info.world_size} "
+                  f"{job.unit}, {job.describe()}{resumed}")
+    return run
 
 
-def make_output_dir(path: Path, log: Callable[[str], None] | None = None) -> None:
-    """Create the output directory and check it takes files: a bad ``--output`` fails in seconds.
-    Checkpoints an earlier run left there are kept and named in a note to ``log``."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".dpokit-write-check"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"--output {path}: cannot write there ({e.strerror or e}); choose another "
-                          "directory") from None
-    old = sorted((p.name for p in path.glob("checkpoint-*") if p.is_dir()), key=lambda n: (len(n), n))
-    if old and log is not None:
-        shown = ", ".join(old[:5]) + (f" and {len(old) - 5} more" if len(old) > 5 else "")
-        kept = "it is" if len(old) == 1 else "they are"
-        log(f"note: {path} holds {shown} from an earlier run; {kept} kept (a checkpoint of the same step is "
-            "replaced). Use a new --output to keep runs apart.")
-
-
-def train_step(run: Run, window: MetricSums) -> float:
+def train_step(run: Run) -> float:
     """One optimizer step over ``grad_accum`` micro-batches; returns the gradient norm before clipping."""
-    cfg = run.config
-    micro = [run.stream.take(cfg.train.batch_size) for _ in range(cfg.train.grad_accum)]
-    groups = [[run.train_pairs[i] for i in indices] for indices in micro]
-    batches = [run.batch(pairs) for pairs in groups]
-    # Pairs and chosen completion tokens of the whole step (all micro-batches, all ranks): the
-    # normalisers of the pair losses and of the token-averaged terms (NLL), so B x K equals BK x 1.
-    counts = torch.tensor([[b.num_pairs, int(b.completion_tokens[: b.num_pairs].sum())] for b in batches],
-                          dtype=torch.float64, device=run.device).sum(0)
-    step_pairs, step_tokens = dist.all_reduce_sum(counts).tolist()
-    beta = beta_at(cfg.loss.beta, cfg.loss.beta_schedule, run.state.step, run.total_steps)
+    cfg = run.config.train
+    groups = [[run.task.train[i] for i in indices] for indices in run.stream.take(cfg.batch_size, cfg.grad_accum)]
+    batches = [run.task.batch(examples) for examples in groups]
+    # The whole step's normalisers (all micro-batches, all ranks), so B x K equals BK x 1.
+    counts = torch.tensor([run.task.counts(b) for b in batches], dtype=torch.float64, device=run.device).sum(0)
+    totals = dist.all_reduce_sum(counts).tolist()
     bad_loss = None
-    for batch, pairs in zip(batches, groups):
-        policy, reference = run.forward(batch, pairs)
-        out = run.loss.fn(loss_inputs(policy, reference, beta), cfg.loss)
-        # DDP averages gradients over ranks, so scale by world size to keep "sum over the step's pairs".
-        loss = out.losses.sum() * run.info.world_size / step_pairs
-        if out.token_loss is not None:
-            loss = loss + out.token_loss * run.info.world_size / max(1.0, step_tokens)
-        if not math.isfinite(float(loss.detach())):  # still run backward: under DDP every rank must
-            bad_loss = float(loss.detach())
-        run.scaler.scale(loss).backward()
-        window.add(out, policy)
+    for k, (batch, examples) in enumerate(zip(batches, groups)):
+        with dist.gradient_sync(run.scorer, k == len(batches) - 1):  # all-reduce on the last micro-step only
+            with autocast(run.precision, run.device):
+                out = run.task.forward(run.scorer, batch, examples, run.state.step)
+            # DDP averages gradients over ranks, so scale by world size to keep "sum over the step".
+            loss = run.task.objective(out, totals) * run.info.world_size
+            if not math.isfinite(float(loss.detach())):  # still run backward: under DDP every rank must
+                bad_loss = float(loss.detach())
+            run.scaler.scale(loss).backward()
+        run.window.add(out)
         run.state.micro_step += 1
-        run.state.tokens_seen += sum(p.num_tokens for p in pairs)  # as TRL counts, whatever the layout
+        run.state.tokens_seen += run.task.num_tokens(examples)
     stop_if_not_finite(run, bad_loss)
     grad_norm = optimizer_step(run)
-    run.reference.on_step(run.state.step)  # TR-DPO's reference refresh, when configured
+    run.task.after_step(run.state.step)
     return grad_norm
 
 
-def stop_if_not_finite(run: Any, bad_loss: float | None) -> None:
+def stop_if_not_finite(run: Run, bad_loss: float | None) -> None:
     """Stop the run before the update when any rank's loss was NaN or Inf (``bad_loss``, None when
     this rank's was finite); under fp16 the loss scaler would otherwise skip such steps silently."""
-    if dist.all_reduce_sum(torch.tensor(float(bad_loss is not None), device=run.device)).item():
+    if dist.any_true(bad_loss is not None):
         value = "not finite on another rank" if bad_loss is None else bad_loss
         raise DpokitError(
             f"step {run.state.step + 1}: the loss is {value}; the run is stopped before the update, and the "
             "last checkpoint is intact. Lower --lr or --beta, or use --precision fp32.")
 
 
-def optimizer_step(run: Any) -> float:
-    """Clip, check and apply the accumulated gradients of ``run`` (DPO's or SFT's); returns the
-    gradient norm before clipping.
+def optimizer_step(run: Run) -> float:
+    """Clip, check and apply the accumulated gradients; returns the gradient norm before clipping.
 
     Under fp16 the gradients are unscaled first, and a step whose gradients overflowed is skipped
     with a smaller loss scale (``torch.amp.GradScaler``); any other non-finite gradient stops the
@@ -391,60 +189,66 @@ def optimizer_step(run: Any) -> float:
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.state.step += 1
-    run.state.stream = run.stream.state()
     return grad_norm
 
 
 @torch.no_grad()
 def evaluate(run: Run) -> dict[str, float]:
-    """Loss, rewards and the policy's own preference on the eval pairs (this rank's share)."""
+    """The task's metrics on the evaluation examples (this rank's share), under ``eval_`` names."""
     run.policy.eval()
-    sums = MetricSums()
-    # The beta of the last training step (logged on the same row), or of the first before training.
-    beta = beta_at(run.config.loss.beta, run.config.loss.beta_schedule, max(0, run.state.step - 1),
-                   run.total_steps)
-    mine = run.eval_pairs[run.info.rank :: run.info.world_size]
+    window = run.task.metrics()
+    step = max(0, run.state.step - 1)  # the last training step's settings (beta), logged on the same row
+    mine = run.task.eval[run.info.rank :: run.info.world_size]
     for start in range(0, len(mine), run.config.train.batch_size):
-        pairs = mine[start : start + run.config.train.batch_size]
-        batch = run.batch(pairs)
-        policy, reference = run.forward(batch, pairs)
-        out = run.loss.fn(loss_inputs(policy, reference, beta), run.config.loss)
-        sums.add(out, policy)
+        examples = mine[start : start + run.config.train.batch_size]
+        batch = run.task.batch(examples)
+        with autocast(run.precision, run.device):
+            window.add(run.task.forward(run.scorer, batch, examples, step))
     run.policy.train()
-    return sums.means(prefix="eval_")
+    return window.means(prefix="eval_")
 
 
-def save_model(run: Run, path: Path) -> None:
-    """Write a Hugging Face model directory atomically: to a temporary name, then renamed."""
-    if not run.info.is_main:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_policy(run.policy, tmp, run.tokenizer)  # with LoRA: the merged model, and the adapter in adapter/
-    run.tokenizer.save_pretrained(tmp)
-    run.config.save(tmp / "dpokit_config.yaml")
-    (tmp / "trainer_state.json").write_text(json.dumps(
-        {**asdict(run.state), "total_steps": run.total_steps}, indent=2))
-    if path.exists():
-        old = path.with_name(path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+@dataclass
+class RunStopped(Exception):
+    """The run stopped on a signal at a step boundary, after saving ``checkpoint``."""
+
+    step: int
+    total: int
+    why: str
+    checkpoint: Path
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.why == "SIGINT" else 143
 
 
-def train(config: Config, demo: bool = False) -> Path:
-    """Run DPO training as configured; returns the directory of the final model."""
-    run = setup(config, demo)
-    loss = config.loss
-    diagnostics = Diagnostics(run.total_steps, warmup_steps(config, run.total_steps), loss.beta, run.log.print,
-                              per_token=rewards_per_token(loss.loss_type, loss.sequence_logps))
-    return fit(run, step=lambda window: train_step(run, window), new_window=MetricSums,
-               evaluate=(lambda: evaluate(run)) if run.eval_pairs else None, name="train",
-               extra=lambda step: {"beta": beta_at(loss.beta, loss.beta_schedule, step - 1, run.total_steps)},
-               observe=diagnostics.observe, done="saved the aligned model to {final}")
+class StopSignals:
+    """SIGTERM and Ctrl-C (SIGINT) ask the loop to stop at the next step boundary; a second Ctrl-C
+    stops at once (KeyboardInterrupt)."""
+
+    def __init__(self, say) -> None:
+        self.say = say
+        self.requested: str | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.requested is None:
+            self.say(f"{name}: stopping at the end of this step with a checkpoint"
+                     + (" (Ctrl-C again to quit at once)" if signum == signal.SIGINT else ""))
+        self.requested = self.requested or name
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 def interactive() -> bool:
@@ -453,59 +257,64 @@ def interactive() -> bool:
     return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
-def fit(run: Any, step: Callable[[Any], float], new_window: Callable[[], Any],
-        evaluate: Callable[[], dict[str, float]] | None, name: str, done: str,
-        extra: Callable[[int], dict[str, float]] = lambda step: {},
-        observe: Callable[[dict[str, Any]], None] = lambda row: None) -> Path:
-    """The loop shared by DPO (`train`) and SFT (`dpokit.sft`): optimizer steps, logging,
-    evaluation and checkpoints, then the final model.
+def due(step: int, every: int | None) -> bool:
+    return bool(every) and step % every == 0
 
-    ``run`` holds the run's state (`Run`, or SFT's); ``step(window)`` takes one optimizer step,
-    adding its metrics to ``window`` (from ``new_window()``, read with ``window.means()``) and
-    returning the gradient norm before clipping; ``evaluate()`` returns ``eval_*`` metrics;
-    ``extra(step)`` adds fields to each logged row; ``observe(row)`` sees every logged row.
-    """
+
+def fit(run: Run) -> Path:
+    """Optimizer steps with logging, evaluation and checkpoints, then the final model."""
     from tqdm.auto import tqdm
 
     cfg = run.config
-    progress = tqdm(total=run.total_steps, desc=name, unit="step", dynamic_ncols=True,
-                    disable=not (run.info.is_main and cfg.output.progress and interactive()))
+    progress = tqdm(total=run.total_steps, initial=run.state.step, desc=run.task.name, unit="step",
+                    dynamic_ncols=True, disable=not (run.info.is_main and cfg.output.progress and interactive()))
     run.log.progress = progress
-    try:
-        def eval_row() -> dict[str, Any]:
-            return {"step": run.state.step, **evaluate(), "epoch": round(run.stream.epochs_done(), 4)}
 
-        if evaluate and cfg.train.eval_on_start:
-            run.log.log(eval_row())
-        window, window_start, window_tokens = new_window(), time.perf_counter(), run.state.tokens_seen
-        while run.state.step < run.total_steps:
-            grad_norm = step(window)
-            n = run.state.step
-            progress.update(1)
-            if n == 1 or n % cfg.output.logging_steps == 0 or n == run.total_steps:
-                elapsed = time.perf_counter() - window_start
-                row = {"step": n, **window.means(), "grad_norm": grad_norm,
-                       "learning_rate": run.scheduler.get_last_lr()[0],
-                       "epoch": round(run.stream.epochs_done(), 4),
-                       "num_tokens": run.state.tokens_seen,
-                       "tokens_per_second": (run.state.tokens_seen - window_tokens) * run.info.world_size / elapsed,
-                       **extra(n)}
-                run.log.log(row)
-                observe(row)
-                window, window_start, window_tokens = new_window(), time.perf_counter(), run.state.tokens_seen
-            if evaluate and cfg.train.eval_steps and n % cfg.train.eval_steps == 0 and n != run.total_steps:
+    def eval_row() -> dict[str, Any]:
+        return {"step": run.state.step, **evaluate(run), "epoch": round(run.stream.epochs_done(), 4)}
+
+    try:
+        with StopSignals(run.log.print) as signals:
+            if run.task.eval and cfg.train.eval_on_start and run.state.step == 0:
                 run.log.log(eval_row())
-            if cfg.output.save_steps and n % cfg.output.save_steps == 0 and n != run.total_steps:
-                save_model(run, run.out_dir / f"checkpoint-{n}")
-                dist.barrier()
-        if evaluate:
+            window_start, window_tokens = time.perf_counter(), run.state.tokens_seen
+            saved = run.state.step if cfg.train.resume else None  # the step of the newest checkpoint
+            while run.state.step < run.total_steps:
+                grad_norm = train_step(run)
+                n, last = run.state.step, run.state.step == run.total_steps
+                progress.update(1)
+                if n == 1 or due(n, cfg.output.logging_steps) or last:
+                    elapsed = time.perf_counter() - window_start
+                    row = {"step": n, **run.window.means(), "grad_norm": grad_norm,
+                           "learning_rate": run.scheduler.get_last_lr()[0],
+                           "epoch": round(run.stream.epochs_done(), 4), "num_tokens": run.state.tokens_seen,
+                           "tokens_per_second": (run.state.tokens_seen - window_tokens) * run.info.world_size / elapsed,
+                           **run.task.row_extras(n)}
+                    run.log.log(row)
+                    if run.diagnostics is not None:
+                        run.diagnostics.observe(row)
+                    run.window = run.task.metrics()
+                    window_start, window_tokens = time.perf_counter(), run.state.tokens_seen
+                if run.task.eval and due(n, cfg.train.eval_steps) and not last:
+                    run.log.log(eval_row())
+                if due(n, cfg.output.save_steps) and not last:
+                    checkpoint.save_checkpoint(run)
+                    saved = n
+                if dist.any_true(signals.requested is not None) and not last:
+                    path = checkpoint.save_checkpoint(run) if saved != n else run.out_dir / f"checkpoint-{n}"
+                    raise RunStopped(n, run.total_steps, signals.requested or "SIGTERM", path)
+        if run.task.eval:
             run.log.log(eval_row())
         final = run.out_dir / "final"
-        save_model(run, final)
+        checkpoint.save_final(run, final)
         dist.barrier()
-        if run.info.is_main:
-            run.log.print(done.format(final=final))
+        run.log.print(run.task.done(str(final)))
         return final
     finally:
         progress.close()
         run.log.close()
+
+
+def train(config: Config, task: str = "dpo", demo: bool = False) -> Path:
+    """Run ``task`` (``dpo`` or ``sft``) as configured; returns the directory of the final model."""
+    return fit(setup(config, task, demo))

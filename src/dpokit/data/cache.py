@@ -31,7 +31,7 @@ CACHE_VERSION = "1"
 
 
 def cache_root() -> Path:
-    from dpokit.models import cache_dir
+    from dpokit.paths import cache_dir
 
     return cache_dir() / "tokenized"
 

@@ -69,6 +69,11 @@ class PreferenceBatch:
         return PreferenceBatch(**moved)
 
     @property
+    def num_sequences(self) -> int:
+        """Sequences scored: chosen and rejected of each pair."""
+        return 2 * self.num_pairs
+
+    @property
     def completion_tokens(self) -> torch.Tensor:
         """(2B,) number of scored tokens per sequence."""
         return torch.bincount(self.seq_index, minlength=2 * self.num_pairs)

@@ -68,14 +68,14 @@ def _where(sources: list[str], limit: int = 10) -> str:
 
 
 def _tokenizer(config: Any) -> Any:
-    from dpokit.models import TINY, build_tiny_tokenizer, load_tokenizer
+    from dpokit.data.tokenize import prepare_tokenizer
+    from dpokit.models import TINY, load_tokenizer
+    from dpokit.tiny import build_tiny_tokenizer
 
     if config.model.name_or_path == TINY and config.model.weights is None:
-        from dpokit.data.tokenize import prepare_tokenizer
-
         tokenizer = prepare_tokenizer(build_tiny_tokenizer())  # no need to build the tiny model itself
     else:
-        tokenizer = load_tokenizer(config.model)
+        tokenizer = prepare_tokenizer(load_tokenizer(config.model))
     if config.data.chat_template:
         tokenizer.chat_template = config.data.chat_template
     return tokenizer

@@ -40,6 +40,7 @@ from dpokit.losses import (
     beta_at,
     get_loss,
     ignored_settings,
+    needs_prompt_logps,
     rewards_per_token,
 )
 from dpokit.models import (
@@ -154,6 +155,7 @@ def loss_inputs(policy: SequenceLogps, reference: SequenceLogps | None, beta: fl
         reference_chosen=None if reference is None else reference.chosen,
         reference_rejected=None if reference is None else reference.rejected,
         chosen_tokens=policy.tokens[:b], rejected_tokens=policy.tokens[b:], beta=beta,
+        chosen_prompt=policy.prompt_logps, chosen_prompt_tokens=policy.prompt_tokens,  # loss: ORPO's prompt NLL
     )
 
 
@@ -193,7 +195,7 @@ class MetricSums:
         self.pairs += b
         if out.token_loss is not None:
             self.token_loss = (self.token_loss or 0.0) + float(out.token_loss.detach())
-            self.chosen_tokens += int(policy.tokens[:b].sum())
+            self.chosen_tokens += policy.nll_tokens  # loss: the tokens the NLL covers (prompts too, when scored)
 
     def means(self, prefix: str = "") -> dict[str, float]:
         extra = [self.token_loss or 0.0, float(self.chosen_tokens)]
@@ -236,7 +238,8 @@ class Run:
     log: MetricsLog
 
     def batch(self, pairs: list[TokenizedPair]) -> PreferenceBatch:
-        return collate(pairs, self.config.data.layout, self.tokenizer.pad_token_id).to(self.device)
+        return collate(pairs, self.config.data.layout, self.tokenizer.pad_token_id,
+                       prompt_logps=needs_prompt_logps(self.config.loss)).to(self.device)  # loss: prompt NLL
 
     def forward(self, batch: PreferenceBatch, pairs: list[TokenizedPair]) -> tuple[SequenceLogps, SequenceLogps | None]:
         """Policy and reference log-probs of ``batch``, which lays out ``pairs``."""
@@ -336,7 +339,7 @@ def train_step(run: Run, window: MetricSums) -> float:
     batches = [run.batch(pairs) for pairs in groups]
     # Pairs and chosen completion tokens of the whole step (all micro-batches, all ranks): the
     # normalisers of the pair losses and of the token-averaged terms (NLL), so B x K equals BK x 1.
-    counts = torch.tensor([[b.num_pairs, int(b.completion_tokens[: b.num_pairs].sum())] for b in batches],
+    counts = torch.tensor([[b.num_pairs, b.nll_tokens] for b in batches],  # loss: NLL tokens, prompts included
                           dtype=torch.float64, device=run.device).sum(0)
     step_pairs, step_tokens = dist.all_reduce_sum(counts).tolist()
     beta = beta_at(cfg.loss.beta, cfg.loss.beta_schedule, run.state.step, run.total_steps)
@@ -440,7 +443,7 @@ def train(config: Config, demo: bool = False) -> Path:
     run = setup(config, demo)
     loss = config.loss
     diagnostics = Diagnostics(run.total_steps, warmup_steps(config, run.total_steps), loss.beta, run.log.print,
-                              per_token=rewards_per_token(loss.loss_type, loss.sequence_logps))
+                              per_token=rewards_per_token(loss.loss_type))  # loss: sums unless reference-free
     return fit(run, step=lambda window: train_step(run, window), new_window=MetricSums,
                evaluate=(lambda: evaluate(run)) if run.eval_pairs else None, name="train",
                extra=lambda step: {"beta": beta_at(loss.beta, loss.beta_schedule, step - 1, run.total_steps)},

@@ -1,6 +1,7 @@
 """Gradient accumulation: batch B with K micro-batches gives the same update as batch BK at once,
 through the real training step, for a loss on summed log-probs (DPO) and for losses with a
-token-averaged term (ORPO's NLL, DPO + RPO), whose normaliser is the whole step's chosen tokens."""
+token-averaged term (ORPO's NLL, with or without the prompt, DPO + RPO), whose normaliser is the
+whole step's tokens under that NLL."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def update(tmp_path, model_dir, loss: dict, batch_size: int, grad_accum: int) ->
 
 
 @pytest.mark.parametrize("loss", [{"loss_type": "sigmoid"}, {"loss_type": "orpo"},
-                                  {"loss_type": "sigmoid", "rpo_alpha": 1.0}], ids=["dpo", "orpo", "rpo"])
+                                  {"loss_type": "orpo", "orpo_prompt_nll": True},
+                                  {"loss_type": "sigmoid", "rpo_alpha": 1.0}], ids=["dpo", "orpo", "orpo-prompt", "rpo"])
 def test_batch_b_times_k_equals_batch_bk(tmp_path, llama_dir, loss):
     whole = update(tmp_path, llama_dir, loss, batch_size=8, grad_accum=1)
     accumulated = update(tmp_path, llama_dir, loss, batch_size=2, grad_accum=4)

@@ -117,3 +117,38 @@ def test_layout_invariants_on_real_pairs(layout, tiny_tokenizer):
     assert b.num_tokens == real
     if layout != "padded":
         assert b.input_ids.numel() < padded.input_ids.numel()  # less padding, and (prefix) prompts once
+
+
+def test_prompt_tokens_by_hand():
+    """Asked for, each layout also indexes the chosen prompts' tokens 1..p-1 (the first has no
+    predictor); the completions' indices do not change, and other batches carry nothing."""
+    pairs = [TokenizedPair([10, 11, 12], [20, 21], [30]), TokenizedPair([13, 14], [22], [31, 32])]
+    expected = {  # (pair, flat logit position, token)
+        "padded": [(0, 0, 11), (0, 1, 12), (1, 5, 14)],  # rows of width 5: chosen 1 is row 1
+        "packed": [(0, 0, 11), (0, 1, 12), (1, 5, 14)],  # width 8: chosen 1 follows chosen 0 in row 0
+        "prefix": [(0, 0, 11), (0, 1, 12), (1, 8, 14)],  # blocks of 6 and 5 tokens: one per row
+    }
+    for layout, triples in expected.items():
+        plain = collate(pairs, layout, PAD, multiple=1 if layout == "padded" else 8)
+        b = collate(pairs, layout, PAD, multiple=1 if layout == "padded" else 8, prompt_logps=True)
+        assert plain.prompt_logit_index is None and plain.prompt_seq_index is None
+        got = sorted(zip(b.prompt_seq_index.tolist(), b.prompt_logit_index.tolist(), b.prompt_target_ids.tolist()))
+        assert got == triples, layout
+        assert torch.equal(b.logit_index, plain.logit_index) and torch.equal(b.input_ids, plain.input_ids)
+        assert plain.nll_tokens == 3 and b.nll_tokens == 3 + 3  # chosen completions (2 + 1), then prompts (2 + 1)
+
+
+@pytest.mark.skipif(not HH_RLHF.is_file(), reason="the shared HH-RLHF sample is not here")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_prompt_tokens_on_real_pairs(layout, tiny_tokenizer):
+    """Each chosen prompt token after the first is predicted by the position holding the token
+    before it, in every layout; a one-token or empty prompt scores nothing."""
+    pairs = hh_tokenized(tiny_tokenizer)
+    pairs += [TokenizedPair([], [5, 6], [7]), TokenizedPair([9], [5], [7])]
+    b = collate(pairs, layout, tiny_tokenizer.pad_token_id, prompt_logps=True)
+    flat = b.input_ids.reshape(-1)
+    for i, pair in enumerate(pairs):
+        mine = b.prompt_seq_index == i
+        assert b.prompt_target_ids[mine].tolist() == pair.prompt_ids[1:]
+        assert flat[b.prompt_logit_index[mine]].tolist() == pair.prompt_ids[:-1]
+    assert b.nll_tokens == sum(len(p.chosen_ids) + max(0, len(p.prompt_ids) - 1) for p in pairs) - 1  # []: 5 unscored

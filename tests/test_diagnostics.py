@@ -102,8 +102,8 @@ def test_chosen_drop_uses_the_logged_beta():
 def test_rewards_per_token_follows_the_loss():
     from dpokit.losses import rewards_per_token
 
-    assert not rewards_per_token("sigmoid") and rewards_per_token("ipo") and rewards_per_token("simpo")
-    assert not rewards_per_token("ipo", "sum") and rewards_per_token("orpo,sft")
+    assert not rewards_per_token("sigmoid") and not rewards_per_token("ipo") and rewards_per_token("simpo")
+    assert rewards_per_token("orpo,sft") and not rewards_per_token("orpo,sigmoid")  # IPO now logs TRL's sums
 
 
 def test_loss_rising():

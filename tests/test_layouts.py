@@ -80,6 +80,38 @@ def test_layouts_agree_under_bf16_autocast(llama_dir, hh_pairs, tiny_tokenizer):
         assert ((scores[layout] - scores["padded"]).abs() / scores["padded"].abs()).max() < 1e-2
 
 
+def test_prompt_logps_match_across_layouts_and_a_solo_forward(llama_dir, hh_pairs, tiny_tokenizer):
+    """The chosen prompts' summed log-probs (ORPO's NLL over the prompt) and their gradients are
+    the same in every layout, and equal those of each ``prompt + chosen`` run alone through the
+    model's own forward (tokens 1..p-1, each predicted by the one before)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
+    weights = torch.linspace(-1.0, 2.0, len(hh_pairs))
+
+    def prompt_scores(layout: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        out = SequenceScorer(model)(collate(hh_pairs, layout, tiny_tokenizer.pad_token_id, prompt_logps=True))
+        (out.prompt_logps * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out.prompt_logps.detach(), grads
+
+    base, base_grads = prompt_scores("padded")
+    with torch.no_grad():
+        solo = []
+        for pair in hh_pairs:
+            ids = torch.tensor([pair.prompt_ids + pair.chosen_ids])  # (1, L)
+            logps = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)  # (L, V)
+            p = len(pair.prompt_ids)
+            solo.append(logps[: p - 1].gather(-1, ids[0, 1:p, None]).sum())
+    assert ((base - torch.stack(solo)).abs() / base.abs()).max() <= 1e-6
+    for layout in LAYOUTS[1:]:
+        logps, grads = prompt_scores(layout)
+        assert ((logps - base).abs() / base.abs()).max() <= 1e-6, layout
+        for name, g in base_grads.items():
+            assert ((grads[name] - g).norm() / g.norm()).item() <= 1e-5, (layout, name)
+
+
 def test_same_loss_curve_over_20_steps(llama_dir, tmp_path):
     """Train 20 steps in each layout (same pairs, same batches): the losses agree to 1e-5."""
     from dpokit.config import resolve

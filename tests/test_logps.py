@@ -69,6 +69,34 @@ def test_chunked_equals_plain_path(arch, layout, request, tiny_tokenizer):
     assert_grads_close(chunked_grads, plain_grads)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_prompt_logps_chunked_equal_plain_path(layout, llama_dir, tiny_tokenizer):
+    """The chosen prompts' log-probs come from the same chunks as the completions' (chunks of 7
+    straddle the two): values and gradients equal the full-logits path; the completions' numbers
+    are those of a batch without prompts."""
+    model = load(llama_dir)
+    pairs = random_pairs(len(tiny_tokenizer))
+    batch = collate(pairs, layout, tiny_tokenizer.pad_token_id, prompt_logps=True)
+    weights = torch.linspace(-1.0, 2.0, batch.num_pairs)
+
+    chunked = SequenceScorer(model, chunk_size=7)(batch)
+    (chunked.prompt_logps * weights).sum().backward()
+    chunked_grads = grads(model)
+    plain = plain_sequence_logps(model, batch)
+    (plain.prompt_logps * weights).sum().backward()
+    plain_grads = grads(model)
+
+    assert chunked.prompt_tokens.tolist() == [max(0, len(p.prompt_ids) - 1) for p in pairs] == [8, 16, 1, 0]
+    assert_rel(chunked.prompt_logps[:3], plain.prompt_logps[:3], 1e-6)
+    assert chunked.prompt_logps[3] == 0.0  # an empty prompt scores nothing
+    assert_grads_close(chunked_grads, plain_grads)
+    with torch.no_grad():
+        alone = SequenceScorer(model, chunk_size=7)(collate(pairs, layout, tiny_tokenizer.pad_token_id))
+    assert alone.prompt_logps is None
+    torch.testing.assert_close(chunked.logps.detach(), alone.logps, rtol=1e-6, atol=0)
+    torch.testing.assert_close(chunked.logits_mean, alone.logits_mean, rtol=1e-6, atol=1e-7)
+
+
 def build_gemma2(path, tokenizer, cap: float):
     from transformers import Gemma2Config, Gemma2ForCausalLM
 

@@ -63,7 +63,8 @@ def test_ipo_averages_per_token_by_default():
     # means: pi_w -10/4, pi_l -12/6, ref_w -11/4, ref_l -11/6: h = -0.5 + 11/12 = 5/12; (5/12 - 5)^2
     out = run("ipo")
     assert close(out.losses, (5 / 12 - 5) ** 2)
-    assert close(out.chosen_rewards, 0.1 * (1 / 4))  # beta * (-10/4 + 11/4), the per-token view
+    # the logged rewards are TRL's sums whatever form IPO uses: beta * (-10 + 11), beta * (-12 + 11)
+    assert close(out.chosen_rewards, 0.1) and close(out.rejected_rewards, -0.1)
 
 
 def test_dpo_at_initialisation_is_ln2():
@@ -147,7 +148,9 @@ def test_weighted_combination():
     out = run("sigmoid,sft", loss_weights=[1.0, 0.5])
     assert get_loss("sigmoid,sft").needs_reference
     assert close(out.losses, 0.598139) and close(out.token_loss, 5.0)
-    assert close(out.chosen_rewards, 0.1)  # rewards of the first part
+    assert close(out.chosen_rewards, 0.1)  # a combination with a reference logs beta * (pi - ref)
+    out = run("sft,sigmoid")
+    assert close(out.chosen_rewards, 0.1) and close(out.rejected_rewards, -0.1)  # whatever part comes first
     out = run("sigmoid,hinge", loss_weights=[0.5, 2.0])
     assert close(out.losses, 0.5 * 0.598139 + 2.0 * 0.8)
     with pytest.raises(ValueError, match="weights for 2 losses"):
@@ -271,8 +274,14 @@ def test_settings_the_loss_does_not_read_are_named(keys, ignored):
     assert ignored_settings(LossConfig(**keys)) == ignored
 
 
-def test_rewards_follow_an_explicit_sequence_logps():
+def test_rewards_are_per_token_exactly_for_reference_free_losses():
+    """TRL's definitions do not follow ``sequence_logps``: sums with a reference, means without."""
     from dpokit.losses import rewards_per_token
 
-    assert rewards_per_token("simpo") and rewards_per_token("ipo") and not rewards_per_token("sigmoid")
-    assert not rewards_per_token("simpo", "sum") and rewards_per_token("sigmoid", "mean")
+    assert rewards_per_token("simpo") and rewards_per_token("orpo") and rewards_per_token("sft")
+    assert not rewards_per_token("ipo") and not rewards_per_token("sigmoid") and not rewards_per_token("sft,sigmoid")
+    for form in ("sum", "mean"):
+        out = run("sigmoid", sequence_logps=form)
+        assert close(out.chosen_rewards, 0.1) and close(out.rejected_rewards, -0.1)
+        out = run("simpo", sequence_logps=form)
+        assert close(out.chosen_rewards, 2.0 * -10 / 4) and close(out.rejected_rewards, 2.0 * -12 / 6)

@@ -40,7 +40,7 @@ class Diagnostics:
     stuck_rows: int = 5
     stuck_tolerance: float = 0.01
     negative_rows: int = 3
-    per_token: bool = False  # rewards are per-token means (reference-free losses, IPO), not sums
+    per_token: bool = False  # rewards are per-token means (reference-free losses), not sums (`rewards_per_token`)
     chosen_drop: float = 0.1
     rising_rows: int = 3
     rise_tolerance: float = 0.05

@@ -7,7 +7,9 @@ recomputed in the backward pass (activation checkpointing), so gradients are exa
 holds one chunk of logits at a time.
 
 Per-sequence log-probs are **summed** over completion tokens (Rafailov et al. 2023, eq. 7 uses
-log pi(y|x), the sum); token counts come alongside so losses can take per-token means.
+log pi(y|x), the sum); token counts come alongside so losses can take per-token means. A batch
+collated with ``prompt_logps=True`` also gets the chosen prompts' summed log-probs, from the same
+chunks (ORPO's NLL over the prompt).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class SequenceLogps:
     logps: torch.Tensor  # (2B,) summed log-probs
     tokens: torch.Tensor  # (2B,) completion token counts
     logits_mean: torch.Tensor  # (2B,) mean logit over completion tokens and vocabulary (detached)
+    prompt_logps: torch.Tensor | None = None  # (B,) summed log-probs of the chosen prompts' tokens, when asked
+    prompt_tokens: torch.Tensor | None = None  # (B,) how many prompt tokens each sum covers
 
     @property
     def num_pairs(self) -> int:
@@ -54,8 +58,15 @@ class SequenceLogps:
         """(2B,) per-token mean log-probs."""
         return self.logps / self.tokens.clamp(min=1)
 
+    @property
+    def nll_tokens(self) -> int:
+        """Tokens a chosen-answer NLL covers: chosen completions, and chosen prompts when scored."""
+        prompt = 0 if self.prompt_tokens is None else int(self.prompt_tokens.sum())
+        return int(self.tokens[: self.num_pairs].sum()) + prompt
+
     def detach(self) -> SequenceLogps:
-        return SequenceLogps(self.logps.detach(), self.tokens, self.logits_mean)
+        prompt = None if self.prompt_logps is None else self.prompt_logps.detach()
+        return SequenceLogps(self.logps.detach(), self.tokens, self.logits_mean, prompt, self.prompt_tokens)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -229,14 +240,34 @@ def _token_logps(
     return picked - torch.logsumexp(logits, dim=-1), logits.detach().mean(-1)
 
 
+def _prompt_part(batch: Batch) -> PreferenceBatch | None:
+    """The batch when it also scores the chosen prompts' tokens (ORPO's prompt NLL), else None."""
+    return batch if isinstance(batch, PreferenceBatch) and batch.prompt_logit_index is not None else None
+
+
+def scored_positions(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N [+ P],) flat positions whose logits are needed and the tokens they predict: the
+    completion tokens, then the chosen prompts' tokens when the batch carries them."""
+    if (pairs := _prompt_part(batch)) is None:
+        return batch.logit_index, batch.target_ids
+    return (torch.cat([pairs.logit_index, pairs.prompt_logit_index]),
+            torch.cat([pairs.target_ids, pairs.prompt_target_ids]))
+
+
 def _per_sequence(batch: Batch, token_logps: torch.Tensor, token_means: torch.Tensor) -> SequenceLogps:
-    """Sum token log-probs (N,) into sequences (S,: 2B for pairs); mean logits alongside."""
-    num_seqs = batch.num_sequences
+    """Sum token log-probs (N [+ P],) into sequences (S,: 2B for pairs) and chosen prompts (B,);
+    mean logits alongside."""
+    num_seqs, n = batch.num_sequences, batch.target_ids.shape[0]
     logps = torch.zeros(num_seqs, dtype=torch.float32, device=token_logps.device)
-    logps = logps.index_add(0, batch.seq_index, token_logps)  # (2B,)
+    logps = logps.index_add(0, batch.seq_index, token_logps[:n])  # (2B,)
     tokens = torch.bincount(batch.seq_index, minlength=num_seqs)  # (2B,)
-    logit_sums = torch.zeros(num_seqs, device=token_logps.device).index_add(0, batch.seq_index, token_means)
-    return SequenceLogps(logps, tokens, logit_sums / tokens.clamp(min=1))
+    logit_sums = torch.zeros(num_seqs, device=token_logps.device).index_add(0, batch.seq_index, token_means[:n])
+    out = SequenceLogps(logps, tokens, logit_sums / tokens.clamp(min=1))
+    if (pairs := _prompt_part(batch)) is not None:
+        zeros = torch.zeros(pairs.num_pairs, dtype=torch.float32, device=token_logps.device)
+        out.prompt_logps = zeros.index_add(0, pairs.prompt_seq_index, token_logps[n:])  # (B,)
+        out.prompt_tokens = torch.bincount(pairs.prompt_seq_index, minlength=pairs.num_pairs)  # (B,)
+    return out
 
 
 class SequenceScorer(nn.Module):
@@ -257,12 +288,13 @@ class SequenceScorer(nn.Module):
             return plain_sequence_logps(self.model, batch)
         head = inner.get_output_embeddings()
         hidden = inner.base_model(**model_inputs(inner, batch), use_cache=False).last_hidden_state  # (R, T, H)
-        hidden = hidden.reshape(-1, hidden.shape[-1])[batch.logit_index]  # (N, H) scored positions only
+        index, targets = scored_positions(batch)  # (N [+ P],)
+        hidden = hidden.reshape(-1, hidden.shape[-1])[index]  # (N [+ P], H) scored positions only
         transform = logit_transform(inner)
         pieces, means = [], []
         for start in range(0, hidden.shape[0], self.chunk_size):
             h = hidden[start : start + self.chunk_size]  # (n, H)
-            t = batch.target_ids[start : start + self.chunk_size]  # (n,)
+            t = targets[start : start + self.chunk_size]  # (n,)
             if torch.is_grad_enabled() and h.requires_grad:  # keep no (n, V) logits for the backward
                 lp, lm = checkpoint(_token_logps, head, h, t, transform, use_reentrant=False)
             else:
@@ -279,8 +311,9 @@ def plain_sequence_logps(model: nn.Module, batch: Batch) -> SequenceLogps:
     know, and the yardstick the tests hold the chunked path to.
     """
     logits = model(**model_inputs(model, batch), use_cache=False).logits  # (R, T, V)
-    picked = logits.reshape(-1, logits.shape[-1])[batch.logit_index].float()  # (N, V)
-    token_logps = F.log_softmax(picked, dim=-1).gather(-1, batch.target_ids[:, None]).squeeze(-1)  # (N,)
+    index, targets = scored_positions(batch)  # (N [+ P],)
+    picked = logits.reshape(-1, logits.shape[-1])[index].float()  # (N [+ P], V)
+    token_logps = F.log_softmax(picked, dim=-1).gather(-1, targets[:, None]).squeeze(-1)  # (N [+ P],)
     return _per_sequence(batch, token_logps, picked.detach().mean(-1))
 
 

@@ -27,7 +27,15 @@ from dpokit.data.tokenize import prepare_tokenizer
 from dpokit.diagnostics import Diagnostics
 from dpokit.errors import DpokitError
 from dpokit.logps import SequenceLogps, layout_for
-from dpokit.losses import LossInputs, LossOutput, beta_at, get_loss, ignored_settings, rewards_per_token
+from dpokit.losses import (
+    LossInputs,
+    LossOutput,
+    beta_at,
+    get_loss,
+    ignored_settings,
+    needs_prompt_logps,
+    rewards_per_token,
+)
 from dpokit.models import base_model_warning
 from dpokit.reference import Reference, build_reference
 from dpokit.tasks import Metrics, Task
@@ -43,6 +51,7 @@ def loss_inputs(policy: SequenceLogps, reference: SequenceLogps | None, beta: fl
         reference_chosen=None if reference is None else reference.chosen,
         reference_rejected=None if reference is None else reference.rejected,
         chosen_tokens=policy.tokens[:b], rejected_tokens=policy.tokens[b:], beta=beta,
+        chosen_prompt=policy.prompt_logps, chosen_prompt_tokens=policy.prompt_tokens,  # ORPO's prompt NLL
     )
 
 
@@ -93,7 +102,7 @@ class PairMetrics(Metrics[PairOutput]):
         self.margin_values += (chosen - rejected).tolist()
         if loss.token_loss is not None:
             self.token_loss = (self.token_loss or 0.0) + float(loss.token_loss.detach())
-            self.chosen_tokens += int(policy.tokens[:b].sum())
+            self.chosen_tokens += policy.nll_tokens  # the tokens the NLL covers (prompts too, when scored)
 
     def means(self, prefix: str = "") -> dict[str, float]:
         extra = [self.token_loss or 0.0, float(self.chosen_tokens)]
@@ -161,10 +170,11 @@ class PreferenceTask(Task[TokenizedPair, PreferenceBatch, PairOutput]):
             self.batch, self.train + self.eval, cfg.train.batch_size, log)
 
     def batch(self, examples: list[TokenizedPair]) -> PreferenceBatch:
-        return collate(examples, self.config.data.layout, self.pad_id).to(self.device)
+        return collate(examples, self.config.data.layout, self.pad_id,
+                       prompt_logps=needs_prompt_logps(self.config.loss)).to(self.device)
 
     def counts(self, batch: PreferenceBatch) -> list[float]:
-        return [float(batch.num_pairs), float(batch.completion_tokens[: batch.num_pairs].sum())]
+        return [float(batch.num_pairs), float(batch.nll_tokens)]  # NLL tokens: prompts too, when scored
 
     def beta(self, step: int) -> float:
         loss = self.config.loss
@@ -200,7 +210,7 @@ class PreferenceTask(Task[TokenizedPair, PreferenceBatch, PairOutput]):
     def diagnostics(self, total_steps: int, warmup_steps: int, print_fn: Callable[[str], None]) -> Diagnostics:
         loss = self.config.loss
         return Diagnostics(total_steps, warmup_steps, loss.beta, print_fn,
-                           per_token=rewards_per_token(loss.loss_type, loss.sequence_logps))
+                           per_token=rewards_per_token(loss.loss_type))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.reference.state_dict()

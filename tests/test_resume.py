@@ -233,3 +233,11 @@ def test_a_disk_that_fills_keeps_the_last_good_checkpoint(tmp_path, llama_dir, s
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["checkpoint-2"]  # no half-written save
     shutil.copytree(out / "checkpoint-2", tmp_path / "elsewhere" / "checkpoint-2")
     assert main(["train", *args, "--output", str(tmp_path / "elsewhere"), "--resume", "latest"]) == 0
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_output_directory(tmp_path, capsys):
+    data = write_pairs(tmp_path / "d.jsonl")
+    out = tmp_path / "new" / "out"
+    code = main(["train", *common(data, tmp_path / "no-such-model"), "--output", str(out)])
+    assert code == 2 and "error:" in capsys.readouterr().err
+    assert not out.exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -316,5 +317,24 @@ def fit(run: Run) -> Path:
 
 
 def train(config: Config, task: str = "dpo", demo: bool = False) -> Path:
-    """Run ``task`` (``dpo`` or ``sft``) as configured; returns the directory of the final model."""
-    return fit(setup(config, task, demo))
+    """Run ``task`` (``dpo`` or ``sft``) as configured; returns the directory of the final model.
+    An output directory this run created is removed again when the run fails before its first step."""
+    out_dir = Path(config.output.dir)
+    existed = out_dir.exists()
+    try:
+        return fit(setup(config, task, demo))
+    except BaseException:
+        if not existed and dist.is_main():
+            remove_if_nothing_done(out_dir)
+        raise
+
+
+def remove_if_nothing_done(out_dir: Path) -> None:
+    """Remove ``out_dir`` when it holds only what a run writes before its first step (its config, a
+    metrics log without training rows)."""
+    if not out_dir.is_dir() or any(p.name not in ("config.yaml", "metrics.jsonl") for p in out_dir.iterdir()):
+        return
+    metrics = out_dir / "metrics.jsonl"
+    if metrics.is_file() and '"loss"' in metrics.read_text(encoding="utf-8", errors="replace"):
+        return
+    shutil.rmtree(out_dir, ignore_errors=True)

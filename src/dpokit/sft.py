@@ -287,7 +287,7 @@ def setup_sft(config: Config, demo: bool = False) -> SFTRun:
     """Data (checked first), tokenizer, policy (full or LoRA) and optimizer of an SFT run."""
     from dpokit.logps import SequenceScorer
     from dpokit.models import load_policy, load_tokenizer, resolve_device, resolve_precision
-    from dpokit.tracking import MetricsLog
+    from dpokit.tracking import MetricsLog, build_tracker, check_trackers, device_names
     from dpokit.train import (
         PairStream,
         TrainState,
@@ -301,6 +301,7 @@ def setup_sft(config: Config, demo: bool = False) -> SFTRun:
 
     device = resolve_device(config.model.device)
     info = dist.init(device.type)
+    check_trackers(config.output)  # tracking: a report_to package missing stops the run here
     seed_everything(config.train.seed + info.rank)
     log = MetricsLog(None, enabled=info.is_main)
     train_items, eval_items = load_sft_data(config, log.print)  # bad data stops us here
@@ -329,10 +330,11 @@ def setup_sft(config: Config, demo: bool = False) -> SFTRun:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps, warmup, config.train.scheduler))
     out_dir = Path(config.output.dir)
+    devices = device_names(device)  # tracking: every rank's device, for the trackers (a collective)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         config.save(out_dir / "config.yaml")
-        log = MetricsLog(out_dir / "metrics.jsonl", enabled=True)
+        log = build_tracker(config, out_dir, devices=devices)  # tracking: metrics.jsonl + report_to
         trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
         log.print(f"{'demo: ' if demo else ''}SFT of {config.model.name_or_path} ({trainable / 1e6:.2f}M trained "
                   f"params{', LoRA' if config.model.lora else ''}), precision {precision}, device {device}, "

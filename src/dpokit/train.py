@@ -51,7 +51,15 @@ from dpokit.models import (
     resolve_precision,
 )
 from dpokit.reference import Reference, build_reference
-from dpokit.tracking import MetricsLog
+from dpokit.tracking import (
+    MarginLog,
+    MetricsLog,
+    build_tracker,
+    check_trackers,
+    device_names,
+    memory_row,
+    progress_postfix,
+)
 
 
 @dataclass
@@ -170,6 +178,7 @@ class MetricSums:
         self.pairs = 0
         self.token_loss: float | None = None  # summed token term, None when the loss has none
         self.chosen_tokens = 0
+        self.margins: list[torch.Tensor] = []  # tracking: per-pair margins of the window, for MarginLog
 
     def add(self, out: LossOutput, policy: SequenceLogps) -> None:
         b = policy.num_pairs
@@ -190,6 +199,7 @@ class MetricSums:
         }
         for name, value in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.margins.append((chosen - rejected).detach())  # tracking: margin logs
         self.pairs += b
         if out.token_loss is not None:
             self.token_loss = (self.token_loss or 0.0) + float(out.token_loss.detach())
@@ -250,6 +260,7 @@ def setup(config: Config, demo: bool = False) -> Run:
     """Load data (checked first), tokenizer, models and optimizer for a run."""
     device = resolve_device(config.model.device)
     info = dist.init(device.type)
+    check_trackers(config.output)  # tracking: a report_to package missing stops the run here
     seed_everything(config.train.seed + info.rank)
     out_dir = Path(config.output.dir)
     loss = get_loss(config.loss.loss_type)
@@ -295,10 +306,11 @@ def setup(config: Config, demo: bool = False) -> Run:
     if config.data.group_by_length:
         stream.lengths = [p.num_tokens for p in train_pairs]
         stream.group = 64 * config.train.batch_size * config.train.grad_accum * info.world_size
+    devices = device_names(device)  # tracking: every rank's device, for the trackers (a collective)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         config.save(out_dir / "config.yaml")
-        log = MetricsLog(out_dir / "metrics.jsonl", enabled=True)
+        log = build_tracker(config, out_dir, devices=devices)  # tracking: metrics.jsonl + report_to
         n_params = sum(p.numel() for p in policy.parameters())
         start = f" from {config.model.weights}" if config.model.weights else ""
         log.print(f"{'demo: ' if demo else ''}model {config.model.name_or_path}{start} ({n_params / 1e6:.1f}M params), "
@@ -471,6 +483,8 @@ def fit(run: Any, step: Callable[[Any], float], new_window: Callable[[], Any],
     progress = tqdm(total=run.total_steps, desc=name, unit="step", dynamic_ncols=True,
                     disable=not (run.info.is_main and cfg.output.progress and interactive()))
     run.log.progress = progress
+    margins = MarginLog(run.out_dir, cfg.output.save_margin_arrays, is_main=run.info.is_main) if hasattr(
+        new_window(), "margins") else None  # tracking: logs/margins/ (DPO windows carry margins)
     try:
         def eval_row() -> dict[str, Any]:
             return {"step": run.state.step, **evaluate(), "epoch": round(run.stream.epochs_done(), 4)}
@@ -489,8 +503,11 @@ def fit(run: Any, step: Callable[[Any], float], new_window: Callable[[], Any],
                        "epoch": round(run.stream.epochs_done(), 4),
                        "num_tokens": run.state.tokens_seen,
                        "tokens_per_second": (run.state.tokens_seen - window_tokens) * run.info.world_size / elapsed,
-                       **extra(n)}
+                       **extra(n), **memory_row(run.device)}  # tracking: every rank's peak memory
                 run.log.log(row)
+                progress.set_postfix(progress_postfix(row), refresh=False)  # tracking: tok/s, loss, margin
+                if margins is not None:  # tracking: margin logs, every rank's pairs
+                    margins.log(n, row["epoch"], torch.cat(window.margins))
                 observe(row)
                 window, window_start, window_tokens = new_window(), time.perf_counter(), run.state.tokens_seen
             if evaluate and cfg.train.eval_steps and n % cfg.train.eval_steps == 0 and n != run.total_steps:
@@ -509,3 +526,5 @@ def fit(run: Any, step: Callable[[Any], float], new_window: Callable[[], Any],
     finally:
         progress.close()
         run.log.close()
+        if margins is not None:  # tracking
+            margins.close()

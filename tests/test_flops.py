@@ -7,7 +7,15 @@ import json
 import pytest
 import torch
 
-from dpokit.flops import ModelCosts, attended_pairs, matmul_params, mfu, model_costs, step_flops
+from dpokit.flops import (
+    ModelCosts,
+    attended_pairs,
+    matmul_params,
+    mfu,
+    model_costs,
+    step_flops,
+    throughput_row,
+)
 from dpokit.peak import cpu_peak, cpu_probe_key, gpu_peak_tflops, peak_flops
 
 
@@ -99,3 +107,9 @@ def test_mfu():
     assert mfu(1e12, 2.0, 1e12) == 0.5
     assert mfu(1e12, 2.0, 1e12, devices=2) == 0.25
     assert mfu(1e12, 2.0, None) is None and mfu(1e12, 0.0, 1e12) is None
+
+
+def test_throughput_row():
+    assert throughput_row(tokens=3000, steps=4, seconds=2.0, flops=6e11, peak_flops=1e12, devices=2) == {
+        "tokens_per_second": 1500.0, "seconds_per_step": 0.5, "mfu": 0.15}
+    assert "mfu" not in throughput_row(3000, 4, 2.0, 6e11, None)

@@ -103,3 +103,15 @@ def mfu(flops: float, seconds: float, peak_flops: float | None, devices: int = 1
     if not peak_flops or seconds <= 0:
         return None
     return flops / seconds / (peak_flops * devices)
+
+
+def throughput_row(tokens: int, steps: int, seconds: float, flops: float, peak_flops: float | None,
+                   devices: int = 1) -> dict[str, float]:
+    """The speed fields of a metrics row for a logging window: ``tokens`` (all ranks, as TRL counts
+    them) and ``flops`` (useful, all ranks, `step_flops`) over ``steps`` optimizer steps in
+    ``seconds``; ``mfu`` only when a peak is known."""
+    row = {"tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+           "seconds_per_step": seconds / steps if steps else 0.0}
+    if (value := mfu(flops, seconds, peak_flops, devices)) is not None:
+        row["mfu"] = value
+    return row

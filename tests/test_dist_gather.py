@@ -40,7 +40,12 @@ def _worker(rank: int, world: int, tmp: str) -> None:
 def test_two_gloo_ranks_gather_to_rank_zero(tmp_path):
     import torch.multiprocessing as mp
 
+    # A parent with a high peak: a rank's own peak must not be read as its parent's (getrusage keeps
+    # the peak across the exec that starts a rank).
+    ballast = torch.ones(128 * 2**20, dtype=torch.float32)
+    ballast.add_(1.0)
     mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    del ballast
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for result in results:  # both ranks see everyone's, in rank order
         assert result["ragged"] == [0.0, 1.0, 10.0, 11.0, 12.0]

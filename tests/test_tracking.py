@@ -121,6 +121,17 @@ def test_tensorboard_events_read_back_at_their_steps(tmp_path):
     assert "config/text_summary" in events.Tags()["tensors"]
 
 
+def test_only_the_main_process_reports(tmp_path, monkeypatch):
+    config, _, _ = resolve(["--output", str(tmp_path), "--report-to", "[tensorboard]"])
+    log = build_tracker(config, tmp_path, is_main=False)
+    log.log({"step": 1, "loss": 0.5})
+    log.close()
+    assert list(tmp_path.iterdir()) == []  # no metrics.jsonl, no runs/
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ConfigError, match="not installed"):  # every rank checks, so none waits for the others
+        build_tracker(config, tmp_path, is_main=False)
+
+
 def test_missing_tracker_package_stops_before_data_loads(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails, as when not installed

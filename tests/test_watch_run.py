@@ -7,7 +7,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import struct
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +34,34 @@ def run(tmp_path_factory, dpokit_cache):
         mp.setenv("WANDB_API_KEY", SECRET)
         mp.setenv("HOME", str(home))  # wandb's caches and settings land here, to be searched too
         buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        with fd_output() as fds, contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             code = main(["train", "--output", str(out), "--steps", "4", "--logging-steps", "2", "--batch-size",
                          str(BATCH), "--grad-accum", str(ACCUM), "--eval-fraction", "0.1", "--eval-steps", "2",
                          "--max-length", "128", "--progress", "false", "--report-to", "[tensorboard, wandb]",
                          "--run-name", "watch-test", "--project", "dpokit-tests", "--tags", "[t1, t2]"])
         wandb.teardown()  # the next W&B user in this process reads its settings afresh
-    assert code == 0, buffer.getvalue()[-3000:]
-    return out, buffer.getvalue(), home
+    printed = buffer.getvalue() + fds.read().decode(errors="replace")  # Python's prints, child processes' output
+    assert code == 0, printed[-3000:]
+    return out, printed, home
+
+
+@contextlib.contextmanager
+def fd_output():
+    """File descriptors 1 and 2 into a temporary file for the block (what child processes such as
+    wandb's service print); the file, rewound, is read after the block."""
+    sink = tempfile.TemporaryFile()
+    saved = [os.dup(1), os.dup(2)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(sink.fileno(), 1)
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield sink
+    finally:
+        for fd, old in zip((1, 2), saved):
+            os.dup2(old, fd)
+            os.close(old)
+        sink.seek(0)
 
 
 def metrics(out: Path) -> tuple[list[dict], list[dict]]:
@@ -99,9 +122,11 @@ def test_wandb_offline_run_holds_config_and_history(run):
               for r in records if r.WhichOneof("record_type") == "history"}
     train, evals = metrics(out)
     assert sorted(logged) == [0, 1, 2, 4]
-    for row in train:
-        assert logged[row["step"]]["train/loss"] == pytest.approx(row["loss"])
-        assert logged[row["step"]]["train/rewards/accuracies"] == pytest.approx(row["rewards/accuracies"])
+    for row in train:  # every numeric metric of the row, under the Trainer's tracker names
+        numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k not in ("step", "time")}
+        assert len(numeric) > 15
+        for key, value in numeric.items():
+            assert logged[row["step"]][f"train/{key}"] == pytest.approx(value), key
     for row in evals:  # an evaluation at a step joins that step's row
         assert logged[row["step"]]["eval/loss"] == pytest.approx(row["eval_loss"])
     assert (out / "logs" / "wandb_run_id").read_text().strip() == start.run_id
@@ -109,6 +134,7 @@ def test_wandb_offline_run_holds_config_and_history(run):
 
 def test_the_api_key_is_in_no_file_and_no_output(run):
     out, printed, home = run
+    assert "saved the aligned model" in printed and "wandb sync" in printed  # the capture saw the run
     assert SECRET not in printed
     for root in (out, home):
         for path in root.rglob("*"):

@@ -3,7 +3,7 @@
 On a GPU: ``torch.cuda.max_memory_allocated`` (what tensors held at the peak) and
 ``max_memory_reserved`` (what the caching allocator took from the driver, the figure an
 out-of-memory error compares with the card's size). On a CPU: the process's peak resident set
-(``getrusage``). Peaks are since the process started (or since a ``reset_peak_memory_stats``).
+(`peak_rss_bytes`). Peaks are since the process started (or since a ``reset_peak_memory_stats``).
 GiB throughout (2**30 bytes).
 """
 
@@ -25,8 +25,22 @@ def local_peaks(device: torch.device) -> tuple[float, float | None]:
     peaks on a GPU, the peak resident set on a CPU (no reserved figure there)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / GIB, torch.cuda.max_memory_reserved(device) / GIB
+    return peak_rss_bytes() / GIB, None
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set: ``VmHWM`` of ``/proc/self/status`` on Linux (``getrusage``
+    there keeps the peak of the process before an ``exec``, so a rank started by a big parent
+    would report the parent's), else ``getrusage``."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss * (1 if sys.platform == "darwin" else 1024) / GIB, None  # KiB on Linux, bytes on macOS
+    return rss * (1 if sys.platform == "darwin" else 1024)  # KiB on Linux, bytes on macOS
 
 
 def memory_row(device: torch.device) -> dict[str, float]:

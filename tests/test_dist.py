@@ -1,5 +1,5 @@
 """Two real torchrun processes with batch 4 take the same steps as one process with batch 8, for
-DPO (`dpokit train`) and SFT (`dpokit sft`)."""
+DPO (`dpokit train`) and SFT (`dpokit sft`); rank 0 logs both ranks' memory and margins."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from dpokit.cli import main
@@ -34,3 +35,10 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, tiny_dir, command):
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
         if command == "train":
             assert b["rewards/margins"] == pytest.approx(a["rewards/margins"], abs=1e-6)
+        assert {"memory/rank0_peak_gb", "memory/rank1_peak_gb"} <= set(b)  # every rank's memory, in one row
+    if command == "train":  # the margin arrays of the two ranks hold all 8 pairs of a step, as one process's
+        for step in (1, 2, 3):
+            one, two = (np.load(tmp_path / name / "logs" / "margins" / "epoch_000" / f"step_{step:05d}.npy")
+                        for name in ("one", "two"))
+            assert two.shape == (8,)
+            np.testing.assert_allclose(np.sort(two), np.sort(one), atol=1e-5)

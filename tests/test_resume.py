@@ -230,7 +230,7 @@ def test_a_disk_that_fills_keeps_the_last_good_checkpoint(tmp_path, llama_dir, s
     err = capsys.readouterr().err
     assert code != 0 and "error: could not save the checkpoint" in err and "checkpoint-2, is kept" in err
     assert "fix:" in err and "Traceback" not in err
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["checkpoint-2"]  # no half-written save
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]  # no half-written save
     shutil.copytree(out / "checkpoint-2", tmp_path / "elsewhere" / "checkpoint-2")
     assert main(["train", *args, "--output", str(tmp_path / "elsewhere"), "--resume", "latest"]) == 0
 
@@ -241,3 +241,21 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_output_directory(tmp_p
     code = main(["train", *common(data, tmp_path / "no-such-model"), "--output", str(out)])
     assert code == 2 and "error:" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_resumed_logs_hold_each_step_once(tmp_path, llama_dir):
+    """After a resume, the margin logs and TensorBoard's events hold each step once, like metrics.jsonl."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = write_pairs(tmp_path / "d.jsonl")
+    out = tmp_path / "run"
+    args = [*common(data, llama_dir, steps=6, save=3), "--output", str(out), "--report-to", "[tensorboard]"]
+    assert main(["train", *args]) == 0
+    (out / "final").rename(tmp_path / "first-final")  # as if the run had died after step 6 was logged
+    assert main(["train", *args, "--resume", "latest"]) == 0
+    margins = [json.loads(line)["step"] for line in (out / "logs" / "margins" / "margins_log.jsonl").open()]
+    assert margins == [1, 2, 3, 4, 5, 6]
+    [run_dir] = (out / "runs").iterdir()
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]

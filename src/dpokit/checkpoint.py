@@ -195,6 +195,17 @@ def keep_rows_up_to(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def keep_logs_up_to(out_dir: Path, step: int) -> None:
+    """A resumed run's logs hold each step once: ``metrics.jsonl`` and the margin logs lose what an
+    earlier run wrote past ``step`` (its margin arrays too)."""
+    keep_rows_up_to(out_dir / "metrics.jsonl", step)
+    margins = out_dir / "logs" / "margins"
+    keep_rows_up_to(margins / "margins_log.jsonl", step)
+    for array in margins.glob("epoch_*/step_*.npy"):
+        if int(array.stem.split("_")[1]) > step:
+            array.unlink()
+
+
 def rotate(out_dir: Path, limit: int | None, keep: tuple[Path, ...] = ()) -> list[Path]:
     """Delete the oldest complete checkpoints beyond the newest ``limit`` (those in ``keep``, such
     as the best one, stay besides); returns what was deleted."""
@@ -245,16 +256,15 @@ def load_weights(policy: torch.nn.Module, path: Path) -> None:
 
 
 def trainer_state(run: Run) -> dict[str, Any]:
-    diagnostics = run.diagnostics
     return {"task": run.task.name, "counters": asdict(run.state), "stream": run.stream.state(),
             "total_steps": run.total_steps, "world_size": run.info.world_size,
             "window": run.window.state_dict(), "reference_key": run.task.key(), "config": run.given,
-            "diagnostics": None if diagnostics is None else {"rows": diagnostics.rows,
-                                                             "fired": sorted(diagnostics.fired)}}
+            "watch": run.watch.state_dict()}
 
 
 def save_checkpoint(run: Run) -> Path:
-    """Write ``checkpoint-<step>`` atomically, then drop checkpoints beyond ``save_total_limit``."""
+    """Write ``checkpoint-<step>`` atomically, then drop checkpoints beyond ``save_total_limit`` (the
+    best one stays) and mirror it."""
     path = run.out_dir / f"{PREFIX}{run.state.step}"
 
     def write(tmp: Path) -> None:
@@ -277,7 +287,9 @@ def save_checkpoint(run: Run) -> Path:
     kept = f"; the last complete checkpoint, {earlier[-1]}, is kept" if earlier else ""
     write_atomically(path, write, marker={"step": run.state.step}, kept=kept)
     if run.info.is_main:
-        rotate(run.out_dir, run.config.output.save_total_limit)
+        best = run.watch.best_checkpoint(run.out_dir)
+        removed = rotate(run.out_dir, run.config.output.save_total_limit, keep=(best,) if best else ())
+        run.watch.saved(path, removed)
     dist.barrier()
     return path
 
@@ -300,9 +312,7 @@ def load_checkpoint(run: Run, path: Path, state: dict[str, Any]) -> None:
     run.state = TrainState(**state["counters"])
     run.stream.epoch, run.stream.position = state["stream"]["epoch"], state["stream"]["position"]
     run.window.load_state_dict(state["window"])
-    if run.diagnostics is not None and state.get("diagnostics"):
-        run.diagnostics.rows = list(state["diagnostics"]["rows"])
-        run.diagnostics.fired = set(state["diagnostics"]["fired"])
+    run.watch.load_state_dict(state.get("watch") or {})
     rng = path / f"rng_state_{run.info.rank}.pt"
     if rng.is_file():
         set_rng_state(load_object(rng))

@@ -200,12 +200,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from dpokit import __version__
+    from dpokit.plot import add_parser as plot_parser
 
     parser = argparse.ArgumentParser(prog="dpokit", description="Align causal LMs with human preferences (DPO).")
     parser.add_argument("--version", action="version", version=f"dpokit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train with DPO (see `dpokit train --help`)", add_help=False)
     sub.add_parser("sft", help="supervised fine-tuning before DPO (see `dpokit sft --help`)", add_help=False)
+    plot_parser(sub)  # dpokit plot RUN_DIR ... (plot.py)
 
     data = sub.add_parser("data", help="make and check preference data")
     data_sub = data.add_subparsers(dest="data_command", required=True)

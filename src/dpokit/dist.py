@@ -1,8 +1,8 @@
 """Distributed helpers: the only module that talks to ``torch.distributed``.
 
 Under ``torchrun`` (RANK / WORLD_SIZE set) the process group is started here; a single process
-works the same way with rank 0 of 1. The rest of the code asks `is_main()`, `barrier()` and
-`all_reduce_sum()`.
+works the same way with rank 0 of 1. The rest of the code asks `is_main()`, `barrier()`,
+`all_reduce_sum()` and the two gathers (`all_gather_1d`, `all_gather_object`).
 """
 
 from __future__ import annotations
@@ -67,6 +67,33 @@ def gradient_sync(module: torch.nn.Module, sync: bool) -> AbstractContextManager
     if sync or not hasattr(module, "no_sync"):
         return nullcontext()
     return module.no_sync()
+
+
+def all_gather_1d(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's 1-D ``tensor`` (lengths may differ), concatenated in rank order, on every rank;
+    ``tensor`` itself for one process. Lengths are gathered first, then the values padded to the
+    longest, since ``all_gather`` needs one size."""
+    if not td.is_initialized() or td.get_world_size() == 1:
+        return tensor
+    tensor = tensor.reshape(-1)
+    size = torch.tensor([tensor.numel()], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(td.get_world_size())]
+    td.all_gather(sizes, size)
+    lengths = [int(s) for s in sizes]
+    padded = torch.zeros(max(lengths), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.numel()] = tensor
+    parts = [torch.empty_like(padded) for _ in lengths]
+    td.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, lengths)])
+
+
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's picklable ``obj`` in rank order (small things: device names); ``[obj]`` alone."""
+    if not td.is_initialized() or td.get_world_size() == 1:
+        return [obj]
+    out: list[object] = [None] * td.get_world_size()
+    td.all_gather_object(out, obj)
+    return out
 
 
 def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

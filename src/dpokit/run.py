@@ -12,13 +12,14 @@ from torch import nn
 
 from dpokit.config import Config
 from dpokit.data.stream import DataStream
-from dpokit.diagnostics import Diagnostics
 from dpokit.dist import DistInfo
 from dpokit.tasks import Metrics, Task
 from dpokit.tracking import MetricsLog
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from dpokit.watch import Watch
 
 
 @dataclass
@@ -53,4 +54,4 @@ class Run:
     out_dir: Path
     log: MetricsLog
     window: Metrics  # the metrics of the logging window in progress
-    diagnostics: Diagnostics | None
+    watch: Watch  # throughput, margin logs, diagnostics, early stopping, the mirror

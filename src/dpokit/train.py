@@ -19,7 +19,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -31,13 +30,15 @@ import torch
 from dpokit import checkpoint, dist
 from dpokit.config import Config, TrainConfig
 from dpokit.data.stream import DataStream
-from dpokit.errors import DpokitError
+from dpokit.errors import ConfigError, DpokitError
 from dpokit.logps import SequenceScorer, compile_decoder
 from dpokit.models import autocast, load_policy, load_tokenizer, resolve_device, resolve_precision
+from dpokit.peak import peak_flops
 from dpokit.run import Run, TrainState
 from dpokit.tasks import make_task
 from dpokit.tiny import resolve
-from dpokit.tracking import MetricsLog
+from dpokit.tracking import MetricsLog, build_tracker, check_trackers, device_names
+from dpokit.watch import Watch
 
 
 def lr_factor(step: int, total: int, warmup: int, shape: str) -> float:
@@ -76,6 +77,7 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     optimizer, and with ``train.resume`` the checkpoint's state."""
     device = resolve_device(config.model.device)
     info = dist.init(device.type)
+    check_trackers(config.output)  # a report_to package missing stops the run here, before the data loads
     seed_everything(config.train.seed + info.rank)
     precision = config.model.precision = resolve_precision(config.model.precision, device)
     given = config.to_dict()  # before the model changes anything (the layout it allows)
@@ -93,6 +95,9 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     if config.data.chat_template:
         tokenizer.chat_template = config.data.chat_template
     job.tokenize(tokenizer, log.print)
+    if (config.train.early_stopping_patience or config.train.load_best_model_at_end) and not job.eval:
+        raise ConfigError("early stopping and load_best_model_at_end pick checkpoints by an evaluation metric, "
+                          "and this run has no evaluation data\n  fix: add --eval-data FILE or --eval-fraction 0.1")
     steps = total_steps(config.train, len(job.train), info.world_size)
     warmup = warmup_steps(config.train, steps)
     policy = load_policy(job.model_config, device)  # with LoRA / QLoRA adapters when configured
@@ -111,15 +116,18 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     if config.data.group_by_length:
         stream.lengths = job.lengths()
         stream.group = 64 * config.train.batch_size * config.train.grad_accum * info.world_size
-    metrics = out_dir / "metrics.jsonl"
+    devices = device_names(device)  # every rank's device, for the trackers (a collective)
+    start_step = resume_state["counters"]["step"] if resume_state is not None else 0
     if info.is_main:
         config.save(out_dir / "config.yaml")
-        if resume_state is not None:
-            checkpoint.keep_rows_up_to(metrics, resume_state["counters"]["step"])
-        log = MetricsLog(metrics, enabled=True, append=resume_state is not None)
+        if resume_state is not None:  # logs hold each step once: rows past the checkpoint go
+            checkpoint.keep_logs_up_to(out_dir, start_step)
+    log = build_tracker(config, out_dir, info.is_main, resume_state is not None, devices, start_step)
+    watch = Watch(config, info.is_main, job.diagnostics(steps, warmup, log.print),
+                  peak_flops(device, precision, config.output.peak_tflops))
     run = Run(config, given, job, info, device, precision, tokenizer, policy, scorer, optimizer, scheduler,
               torch.amp.GradScaler(device.type, enabled=precision == "fp16"), stream, TrainState(), steps, warmup,
-              out_dir, log, job.metrics(), job.diagnostics(steps, warmup, log.print))
+              out_dir, log, job.metrics(), watch)
     if resume_from is not None and resume_state is not None:
         checkpoint.load_checkpoint(run, resume_from, resume_state)
     if info.is_main:
@@ -157,6 +165,7 @@ def train_step(run: Run) -> float:
     stop_if_not_finite(run, bad_loss)
     grad_norm = optimizer_step(run)
     run.task.after_step(run.state.step)
+    run.watch.step_done(sum(run.task.flops(examples) for examples in groups))
     return grad_norm
 
 
@@ -266,54 +275,76 @@ def fit(run: Run) -> Path:
     """Optimizer steps with logging, evaluation and checkpoints, then the final model."""
     from tqdm.auto import tqdm
 
-    cfg = run.config
+    cfg, watch = run.config, run.watch
     progress = tqdm(total=run.total_steps, initial=run.state.step, desc=run.task.name, unit="step",
                     dynamic_ncols=True, disable=not (run.info.is_main and cfg.output.progress and interactive()))
     run.log.progress = progress
 
-    def eval_row() -> dict[str, Any]:
-        return {"step": run.state.step, **evaluate(run), "epoch": round(run.stream.epochs_done(), 4)}
+    def evaluate_and_log() -> bool:
+        """Log an evaluation row; True when it is the best so far."""
+        row = {"step": run.state.step, **evaluate(run), "epoch": round(run.stream.epochs_done(), 4)}
+        run.log.log(row)
+        return watch.evaluated(row)
 
     try:
         with StopSignals(run.log.print) as signals:
+            watch.start(run, resumed=bool(cfg.train.resume))
             if run.task.eval and cfg.train.eval_on_start and run.state.step == 0:
-                run.log.log(eval_row())
-            window_start, window_tokens = time.perf_counter(), run.state.tokens_seen
+                evaluate_and_log()
             saved = run.state.step if cfg.train.resume else None  # the step of the newest checkpoint
+            stopped_early = None
             while run.state.step < run.total_steps:
                 grad_norm = train_step(run)
                 n, last = run.state.step, run.state.step == run.total_steps
                 progress.update(1)
                 if n == 1 or due(n, cfg.output.logging_steps) or last:
-                    elapsed = time.perf_counter() - window_start
-                    row = {"step": n, **run.window.means(), "grad_norm": grad_norm,
-                           "learning_rate": run.scheduler.get_last_lr()[0],
-                           "epoch": round(run.stream.epochs_done(), 4), "num_tokens": run.state.tokens_seen,
-                           "tokens_per_second": (run.state.tokens_seen - window_tokens) * run.info.world_size / elapsed,
-                           **run.task.row_extras(n)}
+                    row = watch.train_row(run, grad_norm)
                     run.log.log(row)
-                    if run.diagnostics is not None:
-                        run.diagnostics.observe(row)
-                    run.window = run.task.metrics()
-                    window_start, window_tokens = time.perf_counter(), run.state.tokens_seen
+                    watch.logged(run, row, progress)
+                best = False
                 if run.task.eval and due(n, cfg.train.eval_steps) and not last:
-                    run.log.log(eval_row())
-                if due(n, cfg.output.save_steps) and not last:
+                    best = evaluate_and_log()
+                    stopped_early = watch.stopper.reason()
+                keep_best = best and cfg.train.load_best_model_at_end  # final/ may come from this step
+                if (due(n, cfg.output.save_steps) or keep_best) and not (last or stopped_early):
                     checkpoint.save_checkpoint(run)
                     saved = n
+                if stopped_early:
+                    run.log.print(f"{stopped_early}: the run stops at step {n} of {run.total_steps}")
+                    break
                 if dist.any_true(signals.requested is not None) and not last:
                     path = checkpoint.save_checkpoint(run) if saved != n else run.out_dir / f"checkpoint-{n}"
                     raise RunStopped(n, run.total_steps, signals.requested or "SIGTERM", path)
-        if run.task.eval:
-            run.log.log(eval_row())
+        if run.task.eval and not stopped_early:
+            evaluate_and_log()
+        if cfg.train.load_best_model_at_end:
+            load_best(run)
         final = run.out_dir / "final"
         checkpoint.save_final(run, final)
         dist.barrier()
-        run.log.print(run.task.done(str(final)))
+        if run.info.is_main:
+            watch.finish(run, final)
+            run.log.print(run.task.done(str(final)))
         return final
     finally:
         progress.close()
+        watch.close()
         run.log.close()
+
+
+def load_best(run: Run) -> None:
+    """Put the best evaluation's weights into the policy (``load_best_model_at_end``)."""
+    stopper = run.watch.stopper
+    if stopper.best_step is None or stopper.best_step == run.state.step:
+        return  # the weights in memory are the best ones
+    best = run.watch.best_checkpoint(run.out_dir)
+    if best is None:
+        run.log.print(f"warning: the best evaluation (step {stopper.best_step}) has no checkpoint; final/ holds "
+                      "the last weights")
+        return
+    checkpoint.load_weights(run.policy, best)
+    run.log.print(f"final/ holds the best checkpoint, {best} ({stopper.metric} {stopper.best_value:.6g} at step "
+                  f"{stopper.best_step})")
 
 
 def train(config: Config, task: str = "dpo", demo: bool = False) -> Path:

@@ -106,6 +106,11 @@ class Task(ABC, Generic[Example, Batch, Output]):
     def lengths(self) -> list[int]:
         """Tokens of each training example (length grouping)."""
 
+    def flops(self, examples: list[Example]) -> float:
+        """Useful FLOPs of a training pass over ``examples`` as a prompt-once, padding-free layout
+        needs them (``flops.py``): the MFU's numerator."""
+        return 0.0
+
     def after_step(self, step: int) -> None:
         """Called after optimizer step ``step`` (counted from 1)."""
 

@@ -26,7 +26,8 @@ from dpokit.data.sources import load_train_eval
 from dpokit.data.tokenize import prepare_tokenizer
 from dpokit.diagnostics import Diagnostics
 from dpokit.errors import DpokitError
-from dpokit.logps import SequenceLogps, layout_for
+from dpokit.flops import ModelCosts, model_costs, step_flops
+from dpokit.logps import SequenceLogps, layout_for, unwrap
 from dpokit.losses import (
     LossInputs,
     LossOutput,
@@ -37,7 +38,7 @@ from dpokit.losses import (
     rewards_per_token,
 )
 from dpokit.models import base_model_warning
-from dpokit.reference import Reference, build_reference
+from dpokit.reference import AdapterDisabled, FrozenModel, Reference, build_reference
 from dpokit.tasks import Metrics, Task
 
 if TYPE_CHECKING:
@@ -142,6 +143,8 @@ class PreferenceTask(Task[TokenizedPair, PreferenceBatch, PairOutput]):
         self.device = torch.device("cpu")
         self.pad_id = 0
         self.total_steps = 1
+        self.costs: ModelCosts | None = None  # the policy's, for MFU
+        self.reference_costs: ModelCosts | None = None  # a reference model's forward during training
 
     def load(self, log: Callable[[str], None]) -> None:
         self.raw = load_train_eval(self.config.data, self.config.train.seed, log)  # bad data stops here
@@ -168,6 +171,11 @@ class PreferenceTask(Task[TokenizedPair, PreferenceBatch, PairOutput]):
         self.reference = build_reference(
             self.model_config, self.spec.name, self.spec.needs_reference, policy, device, precision,
             self.batch, self.train + self.eval, cfg.train.batch_size, log)
+        self.costs = model_costs(unwrap(policy).config)
+        if isinstance(self.reference, FrozenModel):
+            self.reference_costs = model_costs(unwrap(self.reference.model).config)
+        elif isinstance(self.reference, AdapterDisabled):
+            self.reference_costs = self.costs  # the base's forward, adapters off
 
     def batch(self, examples: list[TokenizedPair]) -> PreferenceBatch:
         return collate(examples, self.config.data.layout, self.pad_id,
@@ -200,6 +208,12 @@ class PreferenceTask(Task[TokenizedPair, PreferenceBatch, PairOutput]):
 
     def lengths(self) -> list[int]:
         return [p.num_tokens for p in self.train]
+
+    def flops(self, examples: list[TokenizedPair]) -> float:
+        if self.costs is None:
+            return 0.0
+        lengths = [(len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)) for p in examples]
+        return step_flops(lengths, self.costs, self.reference_costs, frozen_weights=self.config.model.lora)
 
     def after_step(self, step: int) -> None:
         self.reference.on_step(step)  # TR-DPO's reference refresh, when configured

@@ -21,6 +21,8 @@ from dpokit.config import Config
 from dpokit.data.sft import SequenceBatch, SFTExample, collate_sequences, load_sft_data, tokenize_items
 from dpokit.data.tokenize import prepare_tokenizer
 from dpokit.errors import DpokitError
+from dpokit.flops import ModelCosts, model_costs, step_flops
+from dpokit.logps import unwrap
 from dpokit.tasks import Metrics, Task
 
 if TYPE_CHECKING:
@@ -67,6 +69,7 @@ class SFTTask(Task[SFTExample, SequenceBatch, NLLOutput]):
         super().__init__(config)
         self.device = torch.device("cpu")
         self.pad_id = 0
+        self.costs: ModelCosts | None = None
 
     def load(self, log: Callable[[str], None]) -> None:
         self.raw = load_sft_data(self.config.data, self.config.train.seed, log)  # bad data stops here
@@ -88,6 +91,7 @@ class SFTTask(Task[SFTExample, SequenceBatch, NLLOutput]):
     def prepare(self, policy: nn.Module, device: torch.device, precision: str, total_steps: int,
                 log: Callable[[str], None]) -> None:
         self.device = device
+        self.costs = model_costs(unwrap(policy).config)
 
     def batch(self, examples: list[SFTExample]) -> SequenceBatch:
         return collate_sequences(examples, self.pad_id).to(self.device)
@@ -109,6 +113,12 @@ class SFTTask(Task[SFTExample, SequenceBatch, NLLOutput]):
 
     def lengths(self) -> list[int]:
         return [len(e.input_ids) for e in self.train]
+
+    def flops(self, examples: list[SFTExample]) -> float:
+        if self.costs is None:
+            return 0.0
+        return step_flops([(len(e.input_ids), 0, 0) for e in examples], self.costs,
+                          frozen_weights=self.config.model.lora)
 
     def describe(self) -> str:
         return "loss: mean NLL of the completion tokens"

@@ -1,0 +1,55 @@
+"""The loop's watch over a run: early stopping on a rising eval loss, the best checkpoint kept out
+of the rotation and made final/, the mirror, the model card, and MFU in every row."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from dpokit.cli import main
+
+
+@pytest.mark.slow
+def test_early_stopping_keeps_and_loads_the_best_checkpoint(tmp_path, tiny_dir, capsys):
+    from huggingface_hub import ModelCard
+
+    out, mirror = tmp_path / "run", tmp_path / "bucket"
+    # A learning rate far too high for the tiny model: the eval loss falls, then climbs.
+    code = main(["train", "--demo", "--model", str(tiny_dir), "--output", str(out), "--steps", "24", "--lr", "3e-3",
+                 "--eval-steps", "3", "--logging-steps", "3", "--batch-size", "4", "--grad-accum", "1",
+                 "--warmup-steps", "0", "--scheduler", "constant", "--early-stopping-patience", "3",
+                 "--load-best-model-at-end", "true", "--save-steps", "6", "--save-total-limit", "1",
+                 "--mirror-dir", str(mirror), "--progress", "false", "--precision", "fp32"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed[-2000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r}
+    best = min(evals, key=evals.get)
+    last = max(r["step"] for r in rows)
+    assert last < 24 and "early stopping: eval_loss has not improved" in printed
+    assert sum(1 for s in evals if s > best) == 3  # patience 3: three evaluations without improvement
+    # The best checkpoint outlives the rotation (limit 1 keeps the newest besides it) and is final/.
+    names = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert f"checkpoint-{best}" in names and len(names) <= 2
+    assert f"final/ holds the best checkpoint, {out / f'checkpoint-{best}'}" in printed
+    final, kept = load_file(str(out / "final" / "model.safetensors")), load_file(
+        str(out / f"checkpoint-{best}" / "model.safetensors"))
+    assert all(final[k].equal(kept[k]) for k in kept)
+    # The mirror holds the checkpoints that remain, the final model and the logs.
+    assert sorted(p.name for p in mirror.glob("checkpoint-*")) == names
+    assert (mirror / "dpo_model" / "model.safetensors").is_file() and (mirror / "logs" / "metrics.jsonl").is_file()
+    card = ModelCard.load(out / "final" / "README.md")
+    assert card.data.base_model == str(tiny_dir) and "dpo" in card.data.tags
+    train_rows = [r for r in rows if "loss" in r]
+    assert all(r["mfu"] > 0 and r["seconds_per_step"] > 0 for r in train_rows)
+
+
+def test_early_stopping_needs_eval_data(tmp_path, llama_dir, capsys):
+    data = tmp_path / "d.jsonl"
+    assert main(["data", "sample", "--output", str(data), "--n", "8"]) == 0
+    code = main(["train", "--data", str(data), "--model", str(llama_dir), "--output", str(tmp_path / "o"),
+                 "--early-stopping-patience", "2", "--progress", "false"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no evaluation data" in err and "--eval-fraction" in err

@@ -82,7 +82,7 @@ def test_layouts_agree_under_bf16_autocast(llama_dir, hh_pairs, tiny_tokenizer):
 
 def test_same_loss_curve_over_20_steps(llama_dir, tmp_path):
     """Train 20 steps in each layout (same pairs, same batches): the losses agree to 1e-5."""
-    from dpokit.config import resolve
+    from dpokit.configure import resolve
     from dpokit.train import MetricSums, setup, train_step
 
     curves = {}

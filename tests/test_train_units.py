@@ -1,4 +1,4 @@
-"""Pieces of the loop: the data stream, the learning-rate shape, precision choice."""
+"""Pieces of the loop: the data stream, precision choice, steps (schedules: test_optim.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from dpokit.train import PairStream, lr_factor
+from dpokit.train import PairStream
 
 
 def test_stream_cycles_with_a_new_shuffle_each_epoch():
@@ -31,19 +31,6 @@ def test_stream_resumes_from_its_state():
 def test_stream_shards_by_rank():
     ranks = [PairStream(size=8, seed=0, rank=r, world_size=2).take(4) for r in range(2)]
     assert sorted(ranks[0] + ranks[1]) == list(range(8))
-
-
-@pytest.mark.parametrize("shape", ["constant", "linear", "cosine"])
-def test_lr_warms_up_then_follows_the_shape(shape):
-    total, warmup = 100, 10
-    factors = [lr_factor(s, total, warmup, shape) for s in range(total)]
-    assert factors[0] == pytest.approx(1 / 11)
-    assert all(a < b for a, b in zip(factors[:10], factors[1:11]))
-    assert factors[10] == pytest.approx(1.0)
-    if shape == "constant":
-        assert factors[-1] == 1.0
-    else:
-        assert factors[-1] < 0.05 and all(a >= b for a, b in zip(factors[10:], factors[11:]))
 
 
 def test_auto_precision_on_cpu_follows_the_cpu_flags():
@@ -143,16 +130,6 @@ def test_num_tokens_and_grad_norm_as_trl_logs_them(tmp_path, llama_dir):
         seen.append(run.state.tokens_seen)
     assert len({p.num_tokens for p in run.train_pairs}) == 1  # all pairs alike: 4 of them in the step
     assert seen == [4 * run.train_pairs[0].num_tokens] * 2
-
-
-def test_warmup_rounds_up_as_transformers_does():
-    from dpokit.config import Config
-    from dpokit.train import warmup_steps
-
-    config = Config()
-    config.train.warmup_ratio = 0.1
-    assert warmup_steps(config, 5) == 1  # a short run still warms up
-    assert warmup_steps(config, 120) == 12
 
 
 def test_output_with_old_checkpoints_is_named_in_a_note(tmp_path):

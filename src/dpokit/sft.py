@@ -265,7 +265,7 @@ class SFTRun:
     train_examples: list[SFTExample]
     eval_examples: list[SFTExample]
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scheduler: Any  # transformers.get_scheduler's (optim.py)
     scaler: torch.amp.GradScaler
     stream: Any
     state: Any
@@ -287,16 +287,15 @@ def setup_sft(config: Config, demo: bool = False) -> SFTRun:
     """Data (checked first), tokenizer, policy (full or LoRA) and optimizer of an SFT run."""
     from dpokit.logps import SequenceScorer
     from dpokit.models import load_policy, load_tokenizer, resolve_device, resolve_precision
+    from dpokit.optim import build_optimizer, build_scheduler, check_optimizer, check_scheduler
     from dpokit.tracking import MetricsLog
     from dpokit.train import (
         PairStream,
         TrainState,
         grad_scaler,
-        lr_factor,
         make_output_dir,
         seed_everything,
         total_steps,
-        warmup_steps,
     )
 
     device = resolve_device(config.model.device)
@@ -304,6 +303,8 @@ def setup_sft(config: Config, demo: bool = False) -> SFTRun:
     seed_everything(config.train.seed + info.rank)
     log = MetricsLog(None, enabled=info.is_main)
     train_items, eval_items = load_sft_data(config, log.print)  # bad data stops us here
+    check_optimizer(config.train, device)  # config: a bad optim / schedule stops us before any model loads
+    check_scheduler(config.train, bool(eval_items) and config.train.eval_strategy != "no")
     if info.is_main:
         make_output_dir(Path(config.output.dir), log.print)
     tokenizer = load_tokenizer(config.model)
@@ -321,13 +322,9 @@ def setup_sft(config: Config, demo: bool = False) -> SFTRun:
     precision = resolve_precision(config.model.precision, device)
     policy = load_policy(config.model, device)
     policy.train()
-    optimizer = torch.optim.AdamW(
-        [p for p in policy.parameters() if p.requires_grad], lr=config.train.lr,
-        betas=config.train.adam_betas, weight_decay=config.train.weight_decay, fused=device.type == "cpu" or None)
+    optimizer = build_optimizer(policy, config.train, device)  # config: optim.py
     steps = total_steps(config, len(train_examples), info.world_size)
-    warmup = warmup_steps(config, steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, steps, warmup, config.train.scheduler))
+    scheduler = build_scheduler(optimizer, config.train, steps)  # config: optim.py
     out_dir = Path(config.output.dir)
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -389,8 +386,9 @@ def evaluate_sft(run: SFTRun) -> dict[str, float]:
     run.policy.eval()
     mine = run.eval_examples[run.info.rank :: run.info.world_size]
     sums = TokenMeans()
-    for start in range(0, len(mine), run.config.train.batch_size):
-        nll, tokens, _ = run.nll(mine[start : start + run.config.train.batch_size])
+    size = run.config.train.eval_batch_size or run.config.train.batch_size  # config: per_device_eval_batch_size
+    for start in range(0, len(mine), size):
+        nll, tokens, _ = run.nll(mine[start : start + size])
         sums.add(float(nll), tokens)
     run.policy.train()
     return sums.means(prefix="eval_")

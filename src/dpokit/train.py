@@ -31,6 +31,7 @@ from dpokit.data.pairs import TokenizedPair
 from dpokit.data.sources import load_train_eval
 from dpokit.diagnostics import Diagnostics
 from dpokit.errors import ConfigError, DpokitError
+from dpokit.intervals import Intervals
 from dpokit.logps import SequenceLogps, SequenceScorer, compile_decoder, layout_for
 from dpokit.lora import save_policy
 from dpokit.losses import (
@@ -40,6 +41,7 @@ from dpokit.losses import (
     beta_at,
     get_loss,
     ignored_settings,
+    resolve_loss_config,
     rewards_per_token,
 )
 from dpokit.models import (
@@ -49,6 +51,15 @@ from dpokit.models import (
     load_tokenizer,
     resolve_device,
     resolve_precision,
+)
+from dpokit.optim import (
+    build_optimizer,
+    build_scheduler,
+    check_optimizer,
+    check_scheduler,
+    observe_eval,
+    step_scheduler,
+    warmup_steps,
 )
 from dpokit.reference import Reference, build_reference
 from dpokit.tracking import MetricsLog
@@ -107,24 +118,6 @@ class TrainState:
     micro_step: int = 0  # micro-batches done
     tokens_seen: int = 0  # TRL's num_tokens: prompt + chosen and prompt + rejected of each pair (SFT: rows)
     stream: dict[str, int] = field(default_factory=dict)
-
-
-def lr_factor(step: int, total: int, warmup: int, shape: str) -> float:
-    """Multiplier of the peak learning rate at ``step``: linear warmup, then the chosen shape."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    if shape == "linear":
-        return max(0.0, 1.0 - progress)
-    if shape == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return 1.0
-
-
-def warmup_steps(config: Config, total: int) -> int:
-    if config.train.warmup_steps is not None:
-        return config.train.warmup_steps
-    return math.ceil(config.train.warmup_ratio * total)  # rounded up, as transformers does
 
 
 def total_steps(config: Config, num_pairs: int, world_size: int) -> int:
@@ -227,7 +220,7 @@ class Run:
     train_pairs: list[TokenizedPair]
     eval_pairs: list[TokenizedPair]
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scheduler: Any  # transformers.get_scheduler's (optim.py)
     scaler: torch.amp.GradScaler  # loss scaling under fp16; a pass-through otherwise
     stream: PairStream
     state: TrainState
@@ -252,10 +245,13 @@ def setup(config: Config, demo: bool = False) -> Run:
     info = dist.init(device.type)
     seed_everything(config.train.seed + info.rank)
     out_dir = Path(config.output.dir)
+    config.loss = resolve_loss_config(config.loss)  # config: a no-op on a read config; configs built in code
     loss = get_loss(config.loss.loss_type)
     log = MetricsLog(None, enabled=info.is_main)
 
     train_raw, eval_raw = load_train_eval(config.data, config.train.seed, log.print)  # bad data stops us here
+    check_optimizer(config.train, device)  # config: a bad optim / schedule stops us before any model loads
+    check_scheduler(config.train, bool(eval_raw) and config.train.eval_strategy != "no")
     if info.is_main:
         make_output_dir(out_dir, log.print)  # a bad --output stops us here too, before any model loads
     tokenizer = load_tokenizer(config.model)
@@ -283,14 +279,9 @@ def setup(config: Config, demo: bool = False) -> Run:
     if config.model.compile:  # after the reference is copied: the copy stays uncompiled
         compile_decoder(policy)
     scorer = dist.wrap_ddp(SequenceScorer(policy), device)
-    optimizer = torch.optim.AdamW(
-        [p for p in policy.parameters() if p.requires_grad], lr=config.train.lr,
-        betas=config.train.adam_betas, weight_decay=config.train.weight_decay,
-        fused=device.type == "cpu" or None)
+    optimizer = build_optimizer(policy, config.train, device)  # config: optim.py
     steps = total_steps(config, len(train_pairs), info.world_size)
-    warmup = warmup_steps(config, steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, steps, warmup, config.train.scheduler))
+    scheduler = build_scheduler(optimizer, config.train, steps)  # config: optim.py
     stream = PairStream(len(train_pairs), config.train.seed, info.rank, info.world_size)
     if config.data.group_by_length:
         stream.lengths = [p.num_tokens for p in train_pairs]
@@ -304,7 +295,9 @@ def setup(config: Config, demo: bool = False) -> Run:
         log.print(f"{'demo: ' if demo else ''}model {config.model.name_or_path}{start} ({n_params / 1e6:.1f}M params), "
                   f"precision {precision}, device {device}, {len(train_pairs)} train / {len(eval_pairs)} eval "
                   f"pairs, {steps} steps x {config.train.batch_size * config.train.grad_accum * info.world_size} "
-                  f"pairs, loss {loss.name}, reference: {reference.describe()}")
+                  f"pairs, loss {loss.name} ({loss.summary}; "  # config: the banner names the loss that runs
+                  f"{', '.join(f'{k} {getattr(config.loss, k)}' for k in ('beta', *loss.settings))}), "
+                  f"reference: {reference.describe()}")
     return Run(config, info, device, precision, tokenizer, policy, scorer, reference, loss, train_pairs, eval_pairs,
                optimizer, scheduler, grad_scaler(precision, device), stream, TrainState(), steps, out_dir, log)
 
@@ -388,7 +381,7 @@ def optimizer_step(run: Any) -> float:
             "update, and the last checkpoint is intact. Lower --lr (or --beta), or use --precision fp32.")
     run.scaler.step(run.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
     run.scaler.update()
-    run.scheduler.step()
+    step_scheduler(run.scheduler)  # config: metric-driven schedules step at evaluations instead
     run.optimizer.zero_grad(set_to_none=True)
     run.state.step += 1
     run.state.stream = run.stream.state()
@@ -404,8 +397,9 @@ def evaluate(run: Run) -> dict[str, float]:
     beta = beta_at(run.config.loss.beta, run.config.loss.beta_schedule, max(0, run.state.step - 1),
                    run.total_steps)
     mine = run.eval_pairs[run.info.rank :: run.info.world_size]
-    for start in range(0, len(mine), run.config.train.batch_size):
-        pairs = mine[start : start + run.config.train.batch_size]
+    size = run.config.train.eval_batch_size or run.config.train.batch_size  # config: per_device_eval_batch_size
+    for start in range(0, len(mine), size):
+        pairs = mine[start : start + size]
         batch = run.batch(pairs)
         policy, reference = run.forward(batch, pairs)
         out = run.loss.fn(loss_inputs(policy, reference, beta), run.config.loss)
@@ -439,7 +433,7 @@ def train(config: Config, demo: bool = False) -> Path:
     """Run DPO training as configured; returns the directory of the final model."""
     run = setup(config, demo)
     loss = config.loss
-    diagnostics = Diagnostics(run.total_steps, warmup_steps(config, run.total_steps), loss.beta, run.log.print,
+    diagnostics = Diagnostics(run.total_steps, warmup_steps(config.train, run.total_steps), loss.beta, run.log.print,
                               per_token=rewards_per_token(loss.loss_type, loss.sequence_logps))
     return fit(run, step=lambda window: train_step(run, window), new_window=MetricSums,
                evaluate=(lambda: evaluate(run)) if run.eval_pairs else None, name="train",
@@ -471,9 +465,14 @@ def fit(run: Any, step: Callable[[Any], float], new_window: Callable[[], Any],
     progress = tqdm(total=run.total_steps, desc=name, unit="step", dynamic_ncols=True,
                     disable=not (run.info.is_main and cfg.output.progress and interactive()))
     run.log.progress = progress
+    # config: when to log, evaluate and save (strategies, fractional steps), resolved once
+    intervals = Intervals.resolve(cfg, run.total_steps, run.stream.size, run.info.world_size)
+    evaluate = evaluate if intervals.evaluates else None
     try:
         def eval_row() -> dict[str, Any]:
-            return {"step": run.state.step, **evaluate(), "epoch": round(run.stream.epochs_done(), 4)}
+            row = {"step": run.state.step, **evaluate(), "epoch": round(run.stream.epochs_done(), 4)}
+            observe_eval(run.scheduler, row, cfg.train.metric_for_best_model)  # config: reduce_lr_on_plateau
+            return row
 
         if evaluate and cfg.train.eval_on_start:
             run.log.log(eval_row())
@@ -482,10 +481,10 @@ def fit(run: Any, step: Callable[[Any], float], new_window: Callable[[], Any],
             grad_norm = step(window)
             n = run.state.step
             progress.update(1)
-            if n == 1 or n % cfg.output.logging_steps == 0 or n == run.total_steps:
+            if intervals.log(n):
                 elapsed = time.perf_counter() - window_start
                 row = {"step": n, **window.means(), "grad_norm": grad_norm,
-                       "learning_rate": run.scheduler.get_last_lr()[0],
+                       "learning_rate": run.optimizer.param_groups[0]["lr"],
                        "epoch": round(run.stream.epochs_done(), 4),
                        "num_tokens": run.state.tokens_seen,
                        "tokens_per_second": (run.state.tokens_seen - window_tokens) * run.info.world_size / elapsed,
@@ -493,9 +492,9 @@ def fit(run: Any, step: Callable[[Any], float], new_window: Callable[[], Any],
                 run.log.log(row)
                 observe(row)
                 window, window_start, window_tokens = new_window(), time.perf_counter(), run.state.tokens_seen
-            if evaluate and cfg.train.eval_steps and n % cfg.train.eval_steps == 0 and n != run.total_steps:
+            if evaluate and intervals.eval(n):
                 run.log.log(eval_row())
-            if cfg.output.save_steps and n % cfg.output.save_steps == 0 and n != run.total_steps:
+            if intervals.save(n):
                 save_model(run, run.out_dir / f"checkpoint-{n}")
                 dist.barrier()
         if evaluate:

@@ -24,13 +24,13 @@ Prompts are masked. Full fine-tuning, or --lora true / --load-in-4bit true (QLoR
 
 def cmd_train(argv: list[str], command: str = "train") -> int:
     """``dpokit train`` (DPO) and ``dpokit sft``: the same config machinery, two loops."""
-    from dpokit import configure
+    from dpokit import configure, recipes
 
     if any(a in ("-h", "--help") for a in argv):
         print((SFT_HELP if command == "sft" else "") + configure.help_text(command))
         return 0
     config, switches, info = configure.resolve(argv, command)
-    if warning := configure.unused_warning(info["why"]):  # on stderr, so --print-config's YAML stays clean
+    if warning := recipes.warning(info["why"]):  # on stderr, so --print-config's YAML stays clean
         print(warning, file=sys.stderr)
     if "print_config" in switches:
         print(config.to_yaml(), end="")

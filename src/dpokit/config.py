@@ -1,9 +1,7 @@
-"""Configuration: one typed dataclass per concern, a docstring per field, one default each.
-
-The one source of truth of every setting: ``configure.py`` reads YAML and flags onto these classes
-with jsonargparse (types checked, ``--help`` from the docstrings), ``recipes.py`` maps TRL / Hugging
-Face keys onto them. No other dpokit module is imported here: checks that need the loss registry or
-the data readers run where the config is read."""
+"""Configuration: one typed dataclass per concern, a docstring per field, one default each: the one
+source of truth of every setting, read from YAML and flags by ``configure.py`` (jsonargparse), from TRL /
+Hugging Face keys by ``recipes.py``. No other dpokit module is imported here: checks that need the loss
+registry or the data readers run where the config is read."""
 
 from __future__ import annotations
 
@@ -371,13 +369,8 @@ class OutputConfig:
         _check(self.peak_tflops is None or self.peak_tflops > 0, "output.peak_tflops must be positive")
 
 
-SECTIONS: dict[str, type] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "loss": LossConfig,
-    "train": TrainConfig,
-    "output": OutputConfig,
-}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "train": TrainConfig,
+                             "output": OutputConfig}
 
 
 @dataclass

@@ -245,7 +245,7 @@ def setup(config: Config, demo: bool = False) -> Run:
     info = dist.init(device.type)
     seed_everything(config.train.seed + info.rank)
     out_dir = Path(config.output.dir)
-    config.loss = resolve_loss_config(config.loss)  # config: a no-op on a read config; configs built in code
+    config.loss = resolve_loss_config(config.loss)  # config: for configs built in code (beta None); a read one is resolved
     loss = get_loss(config.loss.loss_type)
     log = MetricsLog(None, enabled=info.is_main)
 
@@ -471,7 +471,8 @@ def fit(run: Any, step: Callable[[Any], float], new_window: Callable[[], Any],
     try:
         def eval_row() -> dict[str, Any]:
             row = {"step": run.state.step, **evaluate(), "epoch": round(run.stream.epochs_done(), 4)}
-            observe_eval(run.scheduler, row, cfg.train.metric_for_best_model)  # config: reduce_lr_on_plateau
+            if run.state.step:  # config: reduce_lr_on_plateau steps on evaluations (not eval_on_start's, as the Trainer)
+                observe_eval(run.scheduler, row, cfg.train.metric_for_best_model)
             return row
 
         if evaluate and cfg.train.eval_on_start:

@@ -240,7 +240,7 @@ def _jsonable(obj: Any) -> Any:
 def _warn_unused(why: dict[str, str]) -> None:
     import sys
 
-    from dpokit.configure import unused_warning
+    from dpokit.recipes import warning as unused_warning
 
     if warning := unused_warning(why):
         print(warning, file=sys.stderr)

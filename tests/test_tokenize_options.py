@@ -89,3 +89,17 @@ def test_the_options_are_in_the_cache_key(tiny_tokenizer):
     keys = {plain, cache_key(pairs, tiny_tokenizer, 128, None, max_completion_length=8),
             cache_key(pairs, tiny_tokenizer, 128, None, chat_template_kwargs={"enable_thinking": False})}
     assert len(keys) == 3
+
+
+def test_sft_passes_the_options_on(tokenizer):
+    """``dpokit sft`` tokenizes with the same options: a conversation's template sees the arguments (its
+    assistant turn stays the trained part), a prompt + completion row is cut at max_completion_length."""
+    from dpokit.sft import SFTStats, encode_conversation, tokenize_item
+
+    messages = [{"role": "user", "content": "Is the sky blue?"}, {"role": "assistant", "content": "Yes, it is."}]
+    plain, plain_mask = encode_conversation(messages, tokenizer)
+    thinking, thinking_mask = encode_conversation(messages, tokenizer, {"enable_thinking": True})
+    assert len(thinking) > len(plain) and sum(thinking_mask) == sum(plain_mask) > 0
+    pair = PreferencePair("Tell me about the sea.", " The sea is wide and deep and full of fish.", " No.")
+    example = tokenize_item(pair, tokenizer, 256, None, SFTStats(), max_completion_length=3)
+    assert sum(example.mask) == 3

@@ -503,9 +503,8 @@ def load_train_eval(
 
 
 def _load_mixture(cfg: DataConfig, seed: int):
-    """The mixture's training and evaluation pairs, picked as alignment-handbook picks them
-    (`mixture_rows`); evaluation splits (``data.eval_split``) are taken whole, as the handbook does.
-    The mixture's own seed rules the picks, not the run's ``seed``."""
+    """The mixture's pairs, picked as alignment-handbook picks them (`mixture_rows`, by the mixture's own
+    seed); evaluation splits (``data.eval_split``) are taken whole, as the handbook does."""
     mixture = parse_mixture(cfg.mixture)
     sources: list[list[PreferencePair]] = []
     evaluation: list[PreferencePair] = []
@@ -529,5 +528,4 @@ def _load_mixture(cfg: DataConfig, seed: int):
         train_ids, test_ids = mixture_rows([len(pairs) for pairs in sources], mixture)
     except ValueError as e:
         raise DataError(str(e), reason="mixture", hint="lower the mixture's test_split_size, or add data") from None
-    train = [sources[s][r] for s, r in train_ids]
-    return train, evaluation + [sources[s][r] for s, r in test_ids], reports, 0.0
+    return [sources[s][r] for s, r in train_ids], evaluation + [sources[s][r] for s, r in test_ids], reports, 0.0

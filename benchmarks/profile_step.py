@@ -47,7 +47,7 @@ def main() -> None:
 
     import torch
 
-    from dpokit.config import resolve
+    from dpokit.configure import resolve
     from dpokit.train import setup, train_step
 
     if args.threads:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dpokit.cli import main
-from dpokit.config import resolve
+from dpokit.configure import resolve
 from dpokit.data.samples import sample_pairs
 from dpokit.errors import ConfigError
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from dpokit.cli import main
-from dpokit.config import Config, resolve
+from dpokit.config import Config
+from dpokit.configure import resolve
 from dpokit.errors import ConfigError
 
 
@@ -145,8 +146,9 @@ def test_print_config_warns_once_about_unused_recipe_keys(capsys, tmp_path):
     path.write_text("model_name_or_path: gpt2\ndataset_name: x.jsonl\nwandb_tags: [a]\nhub_model_id: x/y\n")
     assert main(["train", str(path), "--print-config"]) == 0
     captured = capsys.readouterr()
-    assert captured.err.count("warning: dpokit does not use these keys") == 1
-    assert "hub_model_id, wandb_tags" in captured.err
+    assert captured.err.count("warning:") == 1 and "2 recipe keys have no effect" in captured.err
+    assert "hub_model_id: dpokit does not upload to the Hugging Face Hub" in captured.err  # each with why
+    assert "wandb_tags: not a key of dpokit" in captured.err
     assert yaml.safe_load(captured.out)["model"]["name_or_path"] == "gpt2"  # stdout is the YAML alone
 
 
@@ -226,14 +228,13 @@ def test_version(capsys):
 
 
 def test_every_field_has_a_docstring():
-    from dataclasses import fields
+    """jsonargparse reads each field's docstring into its help: none may be missing."""
+    from dpokit.configure import HINTS, _new_parser
 
-    from dpokit.config import SECTIONS, field_docs
-
-    for section, cls in SECTIONS.items():
-        docs = field_docs(cls)
-        missing = [f.name for f in fields(cls) if not docs.get(f.name)]
-        assert not missing, f"{section}: fields without a docstring: {missing}"
+    helps = {a.dest: a.help for a in _new_parser()._actions}
+    missing = [key for key in HINTS if not (helps.get(key) or "").strip()]
+    assert not missing, f"fields without a docstring: {missing}"
+    assert helps["train.grad_accum"].startswith("Micro-batches per optimizer step")
 
 
 def test_cli_reports_config_errors_without_traceback(capsys):
@@ -244,3 +245,55 @@ def test_cli_reports_config_errors_without_traceback(capsys):
 
 def test_default_config_is_valid():
     assert Config().train.lr == 5e-7
+
+
+# ---- no data, the demo, each command's defaults -------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "model:\n  name_or_path: gpt2\ntrain:\n  steps: 5\n",
+                                  "model_name_or_path: gpt2\nlearning_rate: 1.0e-6\n"])
+def test_a_config_without_data_is_an_error(text, tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    first, fix = err.strip().splitlines()
+    assert first == f"error: {path}: no training data: the config has no data key"
+    assert fix.startswith("  fix: add `data: {path: PAIRS.jsonl}` (or `dataset_name:`") and "--demo" in fix
+
+
+def test_flags_without_data_are_an_error_and_demo_is_asked_for(capsys):
+    with pytest.raises(ConfigError, match=r"^no training data given\n  fix: pass --data PATH"):
+        resolve(["--steps", "5"])
+    config, _, info = resolve(["--demo", "--steps", "5"])  # the demo, with an override
+    assert info["demo"] and config.train.steps == 5 and config.data.path is None and config.data.sample_size == 240
+    assert resolve([])[2]["demo"] and resolve([], "sft")[2]["demo"]
+    assert not resolve(["--demo", "--data", "x.jsonl"])[2]["demo"]  # the demo's settings, the user's data
+    with pytest.raises(ConfigError, match="no training data given"):
+        resolve(["--lora", "true"], "sft")
+
+
+def test_each_commands_help_shows_the_defaults_it_runs_with(capsys):
+    assert main(["sft", "--help"]) == 0
+    sft = capsys.readouterr().out
+    assert "--lr                     train.lr (default: 2e-05)" in sft
+    assert "--output                 output.dir (default: sft_checkpoints)" in sft
+    assert "default: 2e-05)" in sft.split("--lr | --train.lr", 1)[1].split("--", 1)[0]  # the key's own entry
+    assert main(["train", "--help"]) == 0
+    dpo = capsys.readouterr().out
+    assert "train.lr (default: 5e-07)" in dpo and "output.dir (default: dpo_checkpoints)" in dpo
+    assert "sft_checkpoints" not in dpo
+
+
+def test_bad_values_name_key_flag_and_what_is_expected():
+    cases = [(["--scheduler", "warm"], "'warm' for 'train.scheduler' (--scheduler): expects one of linear, cosine"),
+             (["--save-steps", "lots"], "'lots' for 'output.save_steps' (--save-steps): expects a whole number (int, "
+                                        "e.g. 8) or a number (float, e.g. 0.1)"),
+             (["--report-to", "{a: 1}"], "'output.report_to'"),
+             (["--save-steps", "2.5"], "output.save_steps must be a whole number of steps, or a fraction of the run"),
+             (["--data.mixture", "{datasets: [{id: a.jsonl, weight: 0}]}"], "weight 0 must be in (0, 1]")]
+    for flags, expected in cases:
+        with pytest.raises(ConfigError) as caught:
+            resolve(["--data", "x.jsonl", *flags] if "--data.mixture" not in flags else flags)
+        assert expected in str(caught.value)

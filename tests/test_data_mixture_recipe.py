@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from dpokit.cli import main
-from dpokit.config import DataConfig, resolve
+from dpokit.config import DataConfig
+from dpokit.configure import resolve
 from dpokit.data.sources import load_train_eval
 from dpokit.errors import ConfigError
 
@@ -131,14 +132,18 @@ def test_handbook_recipe_runs_as_is(tmp_path, tiny_dir, capsys):
     assert (config.train.steps, config.train.batch_size, config.train.lr, config.train.scheduler) == (2, 2, 1e-4, "cosine")
     assert (config.data.max_length, config.data.max_prompt_length, config.loss.beta) == (96, 64, 0.1)
     assert config.output.dir == str(out) and config.train.seed == 42 and config.data.mixture["seed"] == 0
-    unused = ["do_eval", "gradient_checkpointing_kwargs", "hub_model_id", "log_level", "per_device_eval_batch_size",
-              "push_to_hub"]
+    # Keys of the Trainer with a dpokit field take effect; the rest are named with why.
+    assert (config.train.eval_batch_size, config.train.optim, config.train.eval_strategy) == (8, "adamw_torch", "steps")
+    assert (config.output.save_strategy, config.output.save_total_limit) == ("no", 1)
+    unused = ["do_eval", "gradient_checkpointing_kwargs", "hub_model_id", "log_level", "push_to_hub"]
     assert info["unused"] == unused
 
     assert main(["train", str(recipe), "--output.progress", "false"]) == 0
     captured = capsys.readouterr()
-    warnings = [line for line in captured.err.splitlines() if "no effect" in line]
-    assert len(warnings) == 1 and all(key in warnings[0] for key in unused)  # one warning lists them all
+    assert captured.err.count("warning:") == 1 and "5 recipe keys have no effect" in captured.err
+    assert all(f"{key}" in captured.err for key in unused)  # one warning lists them all
+    assert "hub_model_id, push_to_hub: dpokit does not upload to the Hugging Face Hub" in captured.err
+    assert not list(out.glob("checkpoint-*"))  # save_strategy: "no"
     assert "weight 0.01: 23 of 2308 pairs taken" in captured.out
     assert (out / "final" / "config.json").is_file()
     saved = yaml.safe_load((out / "config.yaml").read_text())
@@ -149,7 +154,7 @@ def test_recipe_key_conversions_and_unknown_keys():
     config, _, _ = resolve(["--data", "x.jsonl", "--torch_dtype", "float32", "--max_steps", "-1",
                             "--lr_scheduler_type", "constant_with_warmup", "--dataset_num_proc", "4"])
     assert (config.model.precision, config.train.steps, config.train.scheduler, config.data.num_proc) == (
-        "fp32", None, "constant", 4)
+        "fp32", None, "constant_with_warmup", 4)  # every Trainer schedule is built as is (transformers')
     config, _, _ = resolve(["--data", "x.jsonl", "--bf16", "false"])
     assert config.model.precision == "auto"
     config, _, _ = resolve(["--dataset_name", "ultrafeedback", "--dataset_splits", "[train_prefs, test_prefs]"])

@@ -90,7 +90,7 @@ def test_weights_continue_from_an_earlier_output(trained, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from dpokit.config import resolve
+    from dpokit.configure import resolve
     from dpokit.train import setup
 
     out, _ = trained
@@ -122,10 +122,10 @@ def test_logged_loss_includes_the_token_term(tmp_path, tiny_dir, flags, has_nll)
 
 
 def test_the_demo_meets_its_promise(tmp_path, tiny_dir, monkeypatch):
-    """`dpokit train` with no arguments: held-out accuracy >= 0.9 after training, and the policy's
-    own preference for the chosen answers reported before and after (and higher after)."""
+    """`dpokit train --demo` (as `dpokit train` alone): held-out accuracy >= 0.9 after training, and the
+    policy's own preference for the chosen answers reported before and after (and higher after)."""
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--progress", "false"]) == 0
+    assert main(["train", "--demo", "--progress", "false"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "dpo_checkpoints" / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval_loss" in r]
     assert evals[0]["step"] == 0 and evals[-1]["step"] == rows[-1]["step"]

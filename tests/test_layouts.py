@@ -114,7 +114,7 @@ def test_prompt_logps_match_across_layouts_and_a_solo_forward(llama_dir, hh_pair
 
 def test_same_loss_curve_over_20_steps(llama_dir, tmp_path):
     """Train 20 steps in each layout (same pairs, same batches): the losses agree to 1e-5."""
-    from dpokit.config import resolve
+    from dpokit.configure import resolve
     from dpokit.train import setup, train_step
 
     curves = {}

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpokit.config import ModelConfig, build_config
+from dpokit.config import ModelConfig
+from dpokit.configure import build_config
 from dpokit.data.collate import collate
 from dpokit.data.tokenize import tokenize_pairs
 from dpokit.logps import SequenceScorer

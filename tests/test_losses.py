@@ -12,7 +12,7 @@ import torch
 
 from dpokit.config import LossConfig
 from dpokit.errors import ConfigError
-from dpokit.losses import LOSSES, LossInputs, beta_at, get_loss
+from dpokit.losses import LOSSES, LossInputs, beta_at, get_loss, resolve_loss_config
 
 # ANCHORS.md: pi_w = -10, pi_l = -12, ref_w = ref_l = -11, beta = 0.1, so h = 2 and beta h = 0.2.
 # Token counts (4 chosen, 6 rejected) only matter to losses on per-token means.
@@ -27,7 +27,7 @@ def golden(beta: float = 0.1, with_reference: bool = True) -> LossInputs:
 
 
 def run(loss_type: str, x: LossInputs | None = None, **cfg):
-    config = LossConfig(loss_type=loss_type, **cfg)
+    config = resolve_loss_config(LossConfig(loss_type=loss_type, **cfg))
     spec = get_loss(config.loss_type)
     x = x or golden(config.beta, spec.needs_reference)
     return spec.fn(x, config)
@@ -153,21 +153,22 @@ def test_weighted_combination():
     assert close(out.chosen_rewards, 0.1) and close(out.rejected_rewards, -0.1)  # whatever part comes first
     out = run("sigmoid,hinge", loss_weights=[0.5, 2.0])
     assert close(out.losses, 0.5 * 0.598139 + 2.0 * 0.8)
-    with pytest.raises(ValueError, match="weights for 2 losses"):
-        LossConfig(loss_type="sigmoid,sft", loss_weights=[1.0])
+    with pytest.raises(ConfigError, match="weights for 2 losses"):
+        resolve_loss_config(LossConfig(loss_type="sigmoid,sft", loss_weights=[1.0]))
 
 
 def test_unknown_loss_names_the_supported_ones():
     with pytest.raises(ConfigError, match=r"unknown loss_type 'dpo'; supported: sigmoid, robust, ipo, hinge"):
-        LossConfig(loss_type="dpo")
+        resolve_loss_config(LossConfig(loss_type="dpo"))
     with pytest.raises(ConfigError, match="'kto' in 'sigmoid,kto'"):
         get_loss("sigmoid,kto")
 
 
 def test_paper_default_beta_unless_set():
-    assert LossConfig().beta == 0.1
-    assert LossConfig(loss_type="simpo").beta == 2.0
-    assert LossConfig(loss_type="simpo", beta=1.0).beta == 1.0
+    assert LossConfig().beta is None  # the registry resolves it, not the config
+    assert resolve_loss_config(LossConfig()).beta == 0.1
+    assert resolve_loss_config(LossConfig(loss_type="simpo")).beta == 2.0
+    assert resolve_loss_config(LossConfig(loss_type="simpo", beta=1.0)).beta == 1.0
 
 
 def test_beta_schedules():
@@ -215,7 +216,7 @@ def margin_after_steps(loss_type: str, model, batch, steps: int = 3, head_start:
 
     torch.manual_seed(0)
     policy = copy.deepcopy(model).train()
-    cfg = LossConfig(loss_type=loss_type)
+    cfg = resolve_loss_config(LossConfig(loss_type=loss_type))
     spec = get_loss(cfg.loss_type)
     with torch.no_grad():
         reference = SequenceScorer(model)(batch).detach() if spec.needs_reference else None

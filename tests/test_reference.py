@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpokit.config import build_config
+from dpokit.configure import build_config
 from dpokit.errors import ConfigError
 from dpokit.lora import find_peft
 from dpokit.reference import META_KEY, AdapterDisabled, FrozenModel, Precomputed, Reference

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from dpokit.config import build_config
+from dpokit.configure import build_config
 from dpokit.data.pairs import PreferencePair
 from dpokit.data.samples import sample_pairs
 from dpokit.data.sft import SFTStats, encode_conversation, tokenize_item

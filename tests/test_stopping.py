@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dpokit.config import resolve
+from dpokit.configure import resolve
 from dpokit.errors import ConfigError
 from dpokit.stopping import EarlyStopping
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dpokit.cli import main
-from dpokit.config import resolve
+from dpokit.configure import resolve
 from dpokit.errors import ConfigError, DpokitError
 from dpokit.tracking import MetricsLog, build_tracker, progress_postfix, resolve_report_to
 

@@ -1,4 +1,4 @@
-"""Pieces of the loop: the data stream, the learning-rate shape, precision choice."""
+"""Pieces of the loop: the data stream, precision choice, steps (schedules: test_optim.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from dpokit.data.stream import DataStream
-from dpokit.train import lr_factor
 
 
 def test_stream_cycles_with_a_new_shuffle_each_epoch():
@@ -37,19 +36,6 @@ def test_stream_shards_by_rank_in_the_order_of_one_process():
     for k in range(3):
         assert sorted(ranks[0][k] + ranks[1][k]) == sorted(one[k])
     assert DataStream(size=7, seed=0, world_size=2).state() == DataStream(size=7, seed=0).state()
-
-
-@pytest.mark.parametrize("shape", ["constant", "linear", "cosine"])
-def test_lr_warms_up_then_follows_the_shape(shape):
-    total, warmup = 100, 10
-    factors = [lr_factor(s, total, warmup, shape) for s in range(total)]
-    assert factors[0] == pytest.approx(1 / 11)
-    assert all(a < b for a, b in zip(factors[:10], factors[1:11]))
-    assert factors[10] == pytest.approx(1.0)
-    if shape == "constant":
-        assert factors[-1] == 1.0
-    else:
-        assert factors[-1] < 0.05 and all(a >= b for a, b in zip(factors[10:], factors[11:]))
 
 
 def test_auto_precision_on_cpu_follows_the_cpu_flags():

@@ -177,7 +177,7 @@ def test_model_card_loads_and_names_the_base_model(run, tmp_path):
     from huggingface_hub import ModelCard
 
     from dpokit.card import write_model_card
-    from dpokit.config import resolve
+    from dpokit.configure import resolve
 
     out, _, _ = run
     config, _, _ = resolve(["--output", str(out), "--dataset", "hh-rlhf", "--eval-data", "my/eval-pairs"])

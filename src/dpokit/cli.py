@@ -1,7 +1,7 @@
 """The ``dpokit`` command.
 
 ``dpokit train`` and ``dpokit data validate | stats | prepare`` read their options through
-``config.py`` (YAML + flags); the smaller commands (``data sample``, ``data add``, ``generate``)
+``configure.py`` (YAML + flags); the smaller commands (``data sample``, ``data add``, ``generate``)
 use argparse directly.
 """
 
@@ -24,22 +24,21 @@ Prompts are masked. Full fine-tuning, or --lora true / --load-in-4bit true (QLoR
 
 def cmd_train(argv: list[str], command: str = "train") -> int:
     """``dpokit train`` (DPO) and ``dpokit sft``: the same config machinery and loop, two tasks."""
-    from dpokit import config as cfgmod
+    from dpokit import configure, recipes
 
     if any(a in ("-h", "--help") for a in argv):
-        print((SFT_HELP if command == "sft" else "") + cfgmod.help_text(command))
+        print((SFT_HELP if command == "sft" else "") + configure.help_text(command))
         return 0
-    config, switches, info = cfgmod.resolve(argv, command)
-    if info.get("unused"):  # on stderr, so --print-config's YAML stays clean
-        print(f"warning: dpokit does not use these keys, so they have no effect: {', '.join(info['unused'])}",
-              file=sys.stderr)
+    config, switches, info = configure.resolve(argv, command)
+    if warning := recipes.warning(info["why"]):  # on stderr, so --print-config's YAML stays clean
+        print(warning, file=sys.stderr)
     if "print_config" in switches:
         print(config.to_yaml(), end="")
         return 0
     if info["demo"]:
         what = "SFT on the chosen answers of the sample pairs" if command == "sft" else "the built-in demo"
-        print(f"no --data given: running {what} (sample pairs, tiny model); "
-              f"`dpokit {command} --help` shows every option", flush=True)
+        print(f"demo: running {what} (sample pairs, tiny model); `dpokit {command} --help` shows every option",
+              flush=True)
     from transformers.utils import logging as hf_logging
 
     from dpokit import dist
@@ -244,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def unknown_argument_message(extra: list[str], parser: argparse.ArgumentParser) -> str:
     """argparse's "unrecognized arguments", with the closest option (the helper `dpokit train` uses)."""
-    from dpokit.config import closest_name
+    from dpokit.configure import closest_name
 
     prog = parser.prog
     flag = next((a.split("=", 1)[0] for a in extra if a.startswith("-")), None)

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -236,3 +236,20 @@ def beta_at(beta: float, schedule: str, step: int, total: int) -> float:
     if schedule == "cosine":
         return beta * (1 + (1 - math.cos(math.pi * progress)) / 2)
     return beta
+
+
+# ---- a config's loss settings, resolved by the registry ---------------------------------------
+
+
+def resolve_loss_config(cfg: LossConfig) -> LossConfig:
+    """``cfg`` checked against the registry: the loss name(s) known (a ConfigError naming the supported
+    ones), ``beta`` None -> the first loss's paper default, one weight per loss in a combination.
+    Idempotent; `configure.build_config` calls it, and so does the loop for configs built in code."""
+    from dpokit.errors import ConfigError
+
+    spec = get_loss(cfg.loss_type)
+    names = loss_names(cfg.loss_type)
+    if cfg.loss_weights is not None and len(cfg.loss_weights) != len(names):
+        raise ConfigError(f"loss.loss_weights has {len(cfg.loss_weights)} weights for {len(names)} losses "
+                          f"({', '.join(names)})")
+    return replace(cfg, loss_type=spec.name, beta=spec.default_beta if cfg.beta is None else cfg.beta)

@@ -31,32 +31,25 @@ from dpokit import checkpoint, dist
 from dpokit.config import Config, TrainConfig
 from dpokit.data.stream import DataStream
 from dpokit.errors import ConfigError, DpokitError
+from dpokit.intervals import Intervals
 from dpokit.logps import SequenceScorer, compile_decoder
+from dpokit.losses import resolve_loss_config
 from dpokit.models import autocast, load_policy, load_tokenizer, resolve_device, resolve_precision
+from dpokit.optim import (
+    build_optimizer,
+    build_scheduler,
+    check_optimizer,
+    check_scheduler,
+    observe_eval,
+    step_scheduler,
+    warmup_steps,
+)
 from dpokit.peak import peak_flops
 from dpokit.run import Run, TrainState
 from dpokit.tasks import make_task
 from dpokit.tiny import resolve
 from dpokit.tracking import MetricsLog, build_tracker, check_trackers, device_names
 from dpokit.watch import Watch
-
-
-def lr_factor(step: int, total: int, warmup: int, shape: str) -> float:
-    """Multiplier of the peak learning rate at ``step``: linear warmup, then the chosen shape."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    if shape == "linear":
-        return max(0.0, 1.0 - progress)
-    if shape == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return 1.0
-
-
-def warmup_steps(cfg: TrainConfig, total: int) -> int:
-    if cfg.warmup_steps is not None:
-        return cfg.warmup_steps
-    return math.ceil(cfg.warmup_ratio * total)  # rounded up, as transformers does
 
 
 def total_steps(cfg: TrainConfig, num_examples: int, world_size: int) -> int:
@@ -80,11 +73,13 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     check_trackers(config.output)  # a report_to package missing stops the run here, before the data loads
     seed_everything(config.train.seed + info.rank)
     precision = config.model.precision = resolve_precision(config.model.precision, device)
+    config.loss = resolve_loss_config(config.loss)  # a config built in code may leave beta to the loss
     given = config.to_dict()  # before the model changes anything (the layout it allows)
     out_dir = Path(config.output.dir)
     log = MetricsLog(None, enabled=info.is_main)
     job = make_task(task, config)
     job.load(log.print)  # bad data stops us here, before any model loads
+    check_optimizer(config.train, device)  # and a bad optimizer
     resume_from = checkpoint.find(config.train.resume, out_dir) if config.train.resume else None
     resume_state = checkpoint.check_resumable(resume_from, job.name, given) if resume_from else None
     if info.is_main:  # a bad --output stops us here too
@@ -98,6 +93,7 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     if (config.train.early_stopping_patience or config.train.load_best_model_at_end) and not job.eval:
         raise ConfigError("early stopping and load_best_model_at_end pick checkpoints by an evaluation metric, "
                           "and this run has no evaluation data\n  fix: add --eval-data FILE or --eval-fraction 0.1")
+    check_scheduler(config.train, bool(job.eval) and config.train.eval_strategy != "no")  # and a bad schedule
     steps = total_steps(config.train, len(job.train), info.world_size)
     warmup = warmup_steps(config.train, steps)
     policy = load_policy(job.model_config, device)  # with LoRA / QLoRA adapters when configured
@@ -106,12 +102,8 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     if config.model.compile:  # after the reference is copied: the copy stays uncompiled
         compile_decoder(policy)
     scorer = dist.wrap_ddp(SequenceScorer(policy), device)
-    optimizer = torch.optim.AdamW(
-        [p for p in policy.parameters() if p.requires_grad], lr=config.train.lr,
-        betas=config.train.adam_betas, weight_decay=config.train.weight_decay,
-        fused=device.type == "cpu" or None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, steps, warmup, config.train.scheduler))
+    optimizer = build_optimizer(policy, config.train, device)
+    scheduler = build_scheduler(optimizer, config.train, steps)
     stream = DataStream(len(job.train), config.train.seed, info.rank, info.world_size)
     if config.data.group_by_length:
         stream.lengths = job.lengths()
@@ -196,7 +188,7 @@ def optimizer_step(run: Run) -> float:
             "update, and the last checkpoint is intact. Lower --lr (or --beta), or use --precision fp32.")
     run.scaler.step(run.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
     run.scaler.update()
-    run.scheduler.step()
+    step_scheduler(run.scheduler)  # metric-driven schedules (reduce_lr_on_plateau) step at evaluations
     run.optimizer.zero_grad(set_to_none=True)
     run.state.step += 1
     return grad_norm
@@ -209,8 +201,9 @@ def evaluate(run: Run) -> dict[str, float]:
     window = run.task.metrics()
     step = max(0, run.state.step - 1)  # the last training step's settings (beta), logged on the same row
     mine = run.task.eval[run.info.rank :: run.info.world_size]
-    for start in range(0, len(mine), run.config.train.batch_size):
-        examples = mine[start : start + run.config.train.batch_size]
+    size = run.config.train.eval_batch_size or run.config.train.batch_size
+    for start in range(0, len(mine), size):
+        examples = mine[start : start + size]
         batch = run.task.batch(examples)
         with autocast(run.precision, run.device):
             window.add(run.task.forward(run.scorer, batch, examples, step))
@@ -267,15 +260,13 @@ def interactive() -> bool:
     return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
-def due(step: int, every: int | None) -> bool:
-    return bool(every) and step % every == 0
-
-
 def fit(run: Run) -> Path:
     """Optimizer steps with logging, evaluation and checkpoints, then the final model."""
     from tqdm.auto import tqdm
 
     cfg, watch = run.config, run.watch
+    when = Intervals.resolve(cfg, run.total_steps, run.stream.size, run.info.world_size)
+    evaluates = bool(run.task.eval) and when.evaluates
     progress = tqdm(total=run.total_steps, initial=run.state.step, desc=run.task.name, unit="step",
                     dynamic_ncols=True, disable=not (run.info.is_main and cfg.output.progress and interactive()))
     run.log.progress = progress
@@ -284,12 +275,14 @@ def fit(run: Run) -> Path:
         """Log an evaluation row; True when it is the best so far."""
         row = {"step": run.state.step, **evaluate(run), "epoch": round(run.stream.epochs_done(), 4)}
         run.log.log(row)
+        if run.state.step:  # reduce_lr_on_plateau follows evaluations (not eval_on_start's, as the Trainer)
+            observe_eval(run.scheduler, row, cfg.train.metric_for_best_model)
         return watch.evaluated(row)
 
     try:
         with StopSignals(run.log.print) as signals:
             watch.start(run, resumed=bool(cfg.train.resume))
-            if run.task.eval and cfg.train.eval_on_start and run.state.step == 0:
+            if evaluates and cfg.train.eval_on_start and run.state.step == 0:
                 evaluate_and_log()
             saved = run.state.step if cfg.train.resume else None  # the step of the newest checkpoint
             stopped_early = None
@@ -297,16 +290,16 @@ def fit(run: Run) -> Path:
                 grad_norm = train_step(run)
                 n, last = run.state.step, run.state.step == run.total_steps
                 progress.update(1)
-                if n == 1 or due(n, cfg.output.logging_steps) or last:
+                if when.log(n):
                     row = watch.train_row(run, grad_norm)
                     run.log.log(row)
                     watch.logged(run, row, progress)
                 best = False
-                if run.task.eval and due(n, cfg.train.eval_steps) and not last:
+                if evaluates and when.eval(n):
                     best = evaluate_and_log()
                     stopped_early = watch.stopper.reason()
                 keep_best = best and cfg.train.load_best_model_at_end  # final/ may come from this step
-                if (due(n, cfg.output.save_steps) or keep_best) and not (last or stopped_early):
+                if (when.save(n) or keep_best) and not (last or stopped_early):
                     checkpoint.save_checkpoint(run)
                     saved = n
                 if stopped_early:
@@ -315,7 +308,7 @@ def fit(run: Run) -> Path:
                 if dist.any_true(signals.requested is not None) and not last:
                     path = checkpoint.save_checkpoint(run) if saved != n else run.out_dir / f"checkpoint-{n}"
                     raise RunStopped(n, run.total_steps, signals.requested or "SIGTERM", path)
-        if run.task.eval and not stopped_early:
+        if evaluates and not stopped_early:
             evaluate_and_log()
         if cfg.train.load_best_model_at_end:
             load_best(run)

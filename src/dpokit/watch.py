@@ -71,7 +71,7 @@ class Watch:
                                                    self.window_flops], dtype=torch.float64))
         seconds = time.perf_counter() - self.window_start
         row = {"step": n, **run.window.means(), "grad_norm": grad_norm,
-               "learning_rate": run.scheduler.get_last_lr()[0], "epoch": round(run.stream.epochs_done(), 4),
+               "learning_rate": run.optimizer.param_groups[0]["lr"], "epoch": round(run.stream.epochs_done(), 4),
                "num_tokens": run.state.tokens_seen,
                **throughput_row(int(totals[0]), self.window_steps, seconds, float(totals[1]),
                                 self.peak.flops if self.peak else None, run.info.world_size),

@@ -2,7 +2,7 @@
 
 The cache key is a hash of the normalised pairs (their content, not the file name), the
 tokenizer (its full serialised form, chat template and special tokens) and the settings that
-change the ids (``max_length``, ``max_prompt_length``), so a changed file, tokenizer or setting
+change the ids (``max_length``, ``max_prompt_length``, ``tokenize.options``), so a changed file, tokenizer or setting
 never reuses stale ids. Entries live under ``$DPOKIT_CACHE/tokenized/<key>/`` as ``ids.npz``
 (flat int arrays and offsets, read back with ``allow_pickle=False``) plus ``stats.json``, written
 to a temporary name and renamed, so concurrent ranks never see half an entry.
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dpokit.data.pairs import PreferencePair, TokenizedPair
-from dpokit.data.tokenize import TokenizeStats, tokenize_pairs
+from dpokit.data.tokenize import TokenizeStats, options, tokenize_pairs
 
 CACHE_VERSION = "1"
 
@@ -56,11 +56,14 @@ def tokenizer_digest(tokenizer: Any) -> str | None:
     return h.hexdigest()
 
 
-def cache_key(pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_prompt_length: int | None) -> str | None:
+def cache_key(pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_prompt_length: int | None,
+              **extra: Any) -> str | None:
     tok = tokenizer_digest(tokenizer)
     if tok is None:
         return None
-    settings = json.dumps([CACHE_VERSION, max_length, max_prompt_length])
+    set_extra = {k: v for k, v in extra.items() if v is not None}  # unset options keep the keys of old entries
+    settings = json.dumps([CACHE_VERSION, max_length, max_prompt_length, *([set_extra] if set_extra else [])],
+                          sort_keys=True, default=str)
     return hashlib.sha256(f"{pairs_digest(pairs)}|{tok}|{settings}".encode()).hexdigest()[:32]
 
 
@@ -116,10 +119,13 @@ def tokenize_cached(
     extra_dirs: tuple[Path, ...] = (),
     save_to: Path | None = None,
     log: Callable[[str], None] | None = None,
+    **extra: Any,
 ) -> tuple[list[TokenizedPair], TokenizeStats, str | None]:
     """Tokenized pairs from the cache (``extra_dirs`` first, then ``$DPOKIT_CACHE``) or freshly
-    tokenized (then stored in the cache, and in ``save_to`` when given). Returns the key as well."""
-    key = cache_key(pairs, tokenizer, max_length, max_prompt_length) if (use_cache or save_to or extra_dirs) else None
+    tokenized (then stored in the cache, and in ``save_to`` when given). Returns the key as well.
+    ``extra``: `dpokit.data.tokenize.options` (``max_completion_length``, ``chat_template_kwargs``)."""
+    key = (cache_key(pairs, tokenizer, max_length, max_prompt_length, **extra)
+           if (use_cache or save_to or extra_dirs) else None)
     if key is not None:
         places = [d / key for d in extra_dirs] + ([cache_root() / key] if use_cache else [])
         for place in places:
@@ -131,7 +137,7 @@ def tokenize_cached(
                     save_entry(save_to / key, *found)
                 return found[0], found[1], key
     start = time.perf_counter()
-    tokenized, stats = tokenize_pairs(pairs, tokenizer, max_length, max_prompt_length, num_proc)
+    tokenized, stats = tokenize_pairs(pairs, tokenizer, max_length, max_prompt_length, num_proc, **extra)
     if log is not None and len(pairs) >= 1000:
         log(f"tokenized {len(pairs)} pairs in {time.perf_counter() - start:.1f} s with {num_proc} process(es)")
     if key is not None:
@@ -159,7 +165,7 @@ def tokenize_train_eval(
             out.append([])
             continue
         tokenized, stats, _ = tokenize_cached(pairs, tokenizer, cfg.max_length, cfg.max_prompt_length, cfg.num_proc,
-                                              cfg.tokenized_cache, extra, log=log)
+                                              cfg.tokenized_cache, extra, log=log, **options(cfg))
         if log is not None:
             log(f"{name} data: {stats.summary()}")
         out.append(tokenized)

@@ -122,16 +122,16 @@ def describe_format(fmt: str) -> str:
 
 
 def normalise_row(row: Mapping[str, Any], fmt: str) -> tuple[PreferencePair, RowProblem | None]:
-    """One row as a `PreferencePair` (plus a note, if any); raises `RowProblem` when it is bad."""
-    if fmt == "plain":
-        return _plain(row), None
-    if fmt == "conversational":
-        return _conversational(row)
-    if fmt == "implicit":
-        return _implicit(row)
-    if fmt == "orca":
-        return _orca(row), None
-    raise ValueError(f"unknown format {fmt!r}")
+    """One row as a `PreferencePair` (plus a note, if any); raises `RowProblem` when it is bad. A
+    ``chat_template_kwargs`` column (``{enable_thinking: false}``) goes with the pair to the chat template."""
+    readers = {"plain": lambda r: (_plain(r), None), "conversational": _conversational, "implicit": _implicit,
+               "orca": lambda r: (_orca(r), None)}
+    pair, note = readers[fmt](row)  # a KeyError for an unknown format: dpokit's own mistake, not the data's
+    if not isinstance(kwargs := row.get("chat_template_kwargs") or {}, Mapping):
+        raise RowProblem(WRONG_TYPE, f"expected a mapping of chat template arguments, got {_type_name(kwargs)} "
+                         f"({_show(kwargs)})", column="chat_template_kwargs", hint="write it as an object")
+    pair.chat_template_kwargs = dict(kwargs) or None
+    return pair, note
 
 
 # ---- field checks -----------------------------------------------------------------------------

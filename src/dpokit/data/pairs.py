@@ -33,6 +33,9 @@ class PreferencePair:
     as_chat: PreferencePair | None = None
     """The same pair as chat messages, for text that is really a dialogue (HH-RLHF's implicit
     prompt): tokenization uses it when the tokenizer has a chat template, the text otherwise."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """The row's own arguments for the chat template (its ``chat_template_kwargs`` column), laid over
+    the config's ``data.chat_template_kwargs``."""
 
     @property
     def conversational(self) -> bool:
@@ -44,6 +47,8 @@ class PreferencePair:
             row["system"] = self.system
         if self.as_chat is not None:
             row["as_chat"] = self.as_chat.to_dict()
+        if self.chat_template_kwargs:
+            row["chat_template_kwargs"] = self.chat_template_kwargs
         return row
 
     @classmethod
@@ -51,7 +56,7 @@ class PreferencePair:
         """Inverse of `to_dict` (for pairs dpokit wrote itself; no checks)."""
         chat = row.get("as_chat")
         return cls(row["prompt"], row["chosen"], row["rejected"], row.get("system"), source,
-                   cls.from_dict(chat) if chat is not None else None)
+                   cls.from_dict(chat) if chat is not None else None, row.get("chat_template_kwargs"))
 
 
 @dataclass

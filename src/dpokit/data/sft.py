@@ -150,7 +150,8 @@ def load_sft_data(cfg: DataConfig, seed: int, log: Callable[[str], None] = print
 # ---- tokenization -------------------------------------------------------------------------------
 
 
-def encode_conversation(messages: list[Message], tokenizer: Any) -> tuple[list[int], list[int]]:
+def encode_conversation(messages: list[Message], tokenizer: Any,
+                        kwargs: dict[str, Any] | None = None) -> tuple[list[int], list[int]]:
     """Ids of the whole conversation (chat template) and a mask that is 1 on assistant turns.
 
     Each assistant turn spans from where the template of the messages before it, with the
@@ -158,24 +159,26 @@ def encode_conversation(messages: list[Message], tokenizer: Any) -> tuple[list[i
     including it ends, both measured along the full conversation's ids.
     """
 
-    full = _chat_ids(tokenizer, messages, generation_prompt=False)
+    full = _chat_ids(tokenizer, messages, False, kwargs)  # kwargs: data.chat_template_kwargs
     mask = [0] * len(full)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = _common_prefix(_chat_ids(tokenizer, messages[:i], generation_prompt=True), full)
-        end = _common_prefix(_chat_ids(tokenizer, messages[: i + 1], generation_prompt=False), full)
+        start = _common_prefix(_chat_ids(tokenizer, messages[:i], True, kwargs), full)
+        end = _common_prefix(_chat_ids(tokenizer, messages[: i + 1], False, kwargs), full)
         mask[start:end] = [1] * max(0, end - start)
     return full, mask
 
 
 def tokenize_item(item: Item, tokenizer: Any, max_length: int, max_prompt_length: int | None,
-                  stats: SFTStats) -> SFTExample | None:
+                  stats: SFTStats, max_completion_length: int | None = None,
+                  chat_template_kwargs: dict[str, Any] | None = None) -> SFTExample | None:
     """One item as an `SFTExample`, truncated to ``max_length``; None (counted) when nothing is left."""
 
     if isinstance(item, PreferencePair):  # the chosen side, tokenized as DPO tokenizes it
-        prompt, chosen, _ = encode_pair(item, tokenizer)
-        fitted = fit_pair(prompt, chosen, chosen, max_length, max_prompt_length, TokenizeStats(), item.source)
+        prompt, chosen, _ = encode_pair(item, tokenizer, chat_template_kwargs)
+        fitted = fit_pair(prompt, chosen, chosen, max_length, max_prompt_length, TokenizeStats(), item.source,
+                          max_completion_length)
         if fitted is None:
             stats.dropped["prompt alone reaches max_length" if chosen else "empty completion"] += 1
             return None
@@ -184,7 +187,7 @@ def tokenize_item(item: Item, tokenizer: Any, max_length: int, max_prompt_length
         source = item.source
     else:
         messages, source = item
-        ids, mask = encode_conversation(messages, tokenizer)
+        ids, mask = encode_conversation(messages, tokenizer, chat_template_kwargs)
         if len(ids) > max_length:  # keep the start, as DPO does for completions
             ids, mask = ids[:max_length], mask[:max_length]
             stats.truncated += 1
@@ -196,10 +199,11 @@ def tokenize_item(item: Item, tokenizer: Any, max_length: int, max_prompt_length
     return example
 
 
-def tokenize_items(items: list[Item], tokenizer: Any, max_length: int,
-                   max_prompt_length: int | None = None) -> tuple[list[SFTExample], SFTStats]:
+def tokenize_items(items: list[Item], tokenizer: Any, max_length: int, max_prompt_length: int | None = None,
+                   **options: Any) -> tuple[list[SFTExample], SFTStats]:
+    """``options``: `dpokit.data.tokenize.options` (``max_completion_length``, ``chat_template_kwargs``)."""
     stats = SFTStats()
-    out = [tokenize_item(item, tokenizer, max_length, max_prompt_length, stats) for item in items]
+    out = [tokenize_item(item, tokenizer, max_length, max_prompt_length, stats, **options) for item in items]
     return [e for e in out if e is not None], stats
 
 

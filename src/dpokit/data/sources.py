@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import random
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -32,7 +31,7 @@ from typing import Any
 from dpokit.config import DataConfig
 from dpokit.data.formats import RowProblem, _missing, apply_columns
 from dpokit.data.jsonl import READ_ERRORS, SAMPLE_HINT, iter_json_rows
-from dpokit.data.mixture import hold_out, parse_mixture, take_fraction
+from dpokit.data.mixture import hold_out, mixture_rows, parse_mixture
 from dpokit.data.pairs import PreferencePair
 from dpokit.data.presets import find_preset
 from dpokit.data.report import LoadReport, RawRow, collect_pairs
@@ -504,9 +503,10 @@ def load_train_eval(
 
 
 def _load_mixture(cfg: DataConfig, seed: int):
+    """The mixture's pairs, picked as alignment-handbook picks them (`mixture_rows`, by the mixture's own
+    seed); evaluation splits (``data.eval_split``) are taken whole, as the handbook does."""
     mixture = parse_mixture(cfg.mixture)
-    mix_seed = mixture.seed if mixture.seed is not None else seed
-    train: list[PreferencePair] = []
+    sources: list[list[PreferencePair]] = []
     evaluation: list[PreferencePair] = []
     reports = []
     for entry in mixture.datasets:
@@ -515,14 +515,17 @@ def _load_mixture(cfg: DataConfig, seed: int):
                               entry.columns if entry.columns is not None else cfg.columns)
         pairs, report = read_source(spec)
         reports.append((report, entry.id))
-        part = take_fraction(pairs, entry.weight, mix_seed)
         if entry.weight is not None:
-            report.source += f" (weight {entry.weight}: {len(part)} of {len(pairs)} pairs taken)"
-        train += part
-        if cfg.eval_split and spec.kind in SPLIT_KINDS:  # taken whole, as alignment-handbook does
+            taken = int(len(pairs) * float(entry.weight))
+            report.source += f" (weight {entry.weight}: {taken} of {len(pairs)} pairs taken)"
+        sources.append(pairs)
+        if cfg.eval_split and spec.kind in SPLIT_KINDS:
             eval_spec = replace(spec, split=cfg.eval_split)
             eval_pairs, eval_report = read_source(eval_spec)
             reports.append((eval_report, entry.id))
             evaluation += eval_pairs
-    random.Random(mix_seed).shuffle(train)  # one seeded shuffle of the whole mixture
-    return train, evaluation, reports, mixture.test_split_size
+    try:
+        train_ids, test_ids = mixture_rows([len(pairs) for pairs in sources], mixture)
+    except ValueError as e:
+        raise DataError(str(e), reason="mixture", hint="lower the mixture's test_split_size, or add data") from None
+    return [sources[s][r] for s, r in train_ids], evaluation + [sources[s][r] for s, r in test_ids], reports, 0.0

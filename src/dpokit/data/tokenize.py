@@ -21,9 +21,12 @@ Rules (``tokenize_pair``):
   ``FALLBACK_CHAT_TEMPLATE``: ``User: ...<eos>\\nAssistant: ...<eos>`` turns (a system message
   reads ``System: ...``), the generation prompt ``\\nAssistant:``, and BOS in front when the
   tokenizer adds BOS to text. ``data.chat_template`` sets a template of your own.
+* **Chat template arguments.** ``data.chat_template_kwargs`` and a row's own ``chat_template_kwargs``
+  column (the row's keys win) go to ``apply_chat_template`` (e.g. ``{enable_thinking: false}``).
 * **Truncation.** A prompt longer than ``max_prompt_length`` keeps its last tokens (those next to
   the answer). A pair whose prompt alone reaches ``max_length`` is dropped (a warning, counted).
-  Completions are cut to fit ``max_length`` (keeping their start).
+  Completions longer than ``max_completion_length`` keep their first tokens, then are cut to fit
+  ``max_length`` (keeping their start); either cut counts the pair as truncated.
 * **Masking.** Prompt tokens never count in the loss: a `TokenizedPair` keeps prompt and
   completion ids apart, and the collator scores completion tokens only.
 * **Padding.** A tokenizer without a pad token uses EOS (``prepare_tokenizer``).
@@ -128,11 +131,14 @@ def adds_bos(tokenizer: Any) -> bool:
     return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
 
 
-def _chat_ids(tokenizer: Any, messages: list[dict], generation_prompt: bool) -> list[int]:
+def _chat_ids(tokenizer: Any, messages: list[dict], generation_prompt: bool,
+              kwargs: dict[str, Any] | None = None) -> list[int]:
+    kwargs = kwargs or {}
     if tokenizer.chat_template:
-        return _ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt))
+        return _ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,
+                                                  **kwargs))
     ids = _ids(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,
-                                             chat_template=FALLBACK_CHAT_TEMPLATE))
+                                             chat_template=FALLBACK_CHAT_TEMPLATE, **kwargs))
     return [tokenizer.bos_token_id] + ids if adds_bos(tokenizer) else ids
 
 
@@ -152,15 +158,17 @@ def effective_pair(pair: PreferencePair, tokenizer: Any) -> PreferencePair:
     return pair
 
 
-def encode_pair(pair: PreferencePair, tokenizer: Any) -> tuple[list[int], list[int], list[int]]:
+def encode_pair(pair: PreferencePair, tokenizer: Any,
+                chat_template_kwargs: dict[str, Any] | None = None) -> tuple[list[int], list[int], list[int]]:
     """Return untruncated ``(prompt_ids, chosen_ids, rejected_ids)`` following the rules above."""
+    kwargs = {**(chat_template_kwargs or {}), **(pair.chat_template_kwargs or {})}
     pair = effective_pair(pair, tokenizer)
     if pair.conversational or isinstance(pair.prompt, list):
         prompt_msgs, chosen_msgs = _messages(pair, pair.chosen)
         _, rejected_msgs = _messages(pair, pair.rejected)
-        prompt = _chat_ids(tokenizer, prompt_msgs, generation_prompt=True)
-        chosen = _chat_ids(tokenizer, chosen_msgs, generation_prompt=False)
-        rejected = _chat_ids(tokenizer, rejected_msgs, generation_prompt=False)
+        prompt = _chat_ids(tokenizer, prompt_msgs, True, kwargs)
+        chosen = _chat_ids(tokenizer, chosen_msgs, False, kwargs)
+        rejected = _chat_ids(tokenizer, rejected_msgs, False, kwargs)
         add_eos = False
     else:
         prompt_text = pair.prompt if pair.system is None else f"{pair.system}\n\n{pair.prompt}"
@@ -180,7 +188,7 @@ def encode_pair(pair: PreferencePair, tokenizer: Any) -> tuple[list[int], list[i
 
 def fit_pair(
     prompt: list[int], chosen: list[int], rejected: list[int], max_length: int,
-    max_prompt_length: int | None, stats: TokenizeStats, source: str = "",
+    max_prompt_length: int | None, stats: TokenizeStats, source: str = "", max_completion_length: int | None = None,
 ) -> TokenizedPair | None:
     """Apply the truncation rules to encoded ids; ``None`` (counted in ``stats``) if the pair is dropped."""
     if not chosen or not rejected:
@@ -192,7 +200,7 @@ def fit_pair(
     if len(prompt) >= max_length:
         stats.drop(DROP_LONG_PROMPT, source)
         return None
-    room = max_length - len(prompt)
+    room = min(max_length - len(prompt), max_completion_length or max_length)
     if len(chosen) > room or len(rejected) > room:
         stats.truncated_completion += 1
         chosen, rejected = chosen[:room], rejected[:room]
@@ -206,16 +214,26 @@ def tokenize_pair(
     max_length: int,
     max_prompt_length: int | None = None,
     stats: TokenizeStats | None = None,
+    max_completion_length: int | None = None,
+    chat_template_kwargs: dict[str, Any] | None = None,
 ) -> TokenizedPair | None:
     """Tokenize one pair under the rules in this module's docstring; ``None`` if it is dropped."""
     stats = stats if stats is not None else TokenizeStats()
-    return fit_pair(*encode_pair(pair, tokenizer), max_length, max_prompt_length, stats, pair.source)
+    return fit_pair(*encode_pair(pair, tokenizer, chat_template_kwargs), max_length, max_prompt_length, stats,
+                    pair.source, max_completion_length)
 
 
-def _tokenize_chunk(pairs: list[PreferencePair], tokenizer: Any, max_length: int,
-                    max_prompt_length: int | None) -> tuple[list[TokenizedPair | None], TokenizeStats]:
+def options(data_cfg: Any) -> dict[str, Any]:
+    """The tokenization settings of a `DataConfig` beyond the two lengths, as keyword arguments of
+    `tokenize_pairs` / `tokenize_cached` (each changes the ids, so each is in the cache key)."""
+    return {"max_completion_length": data_cfg.max_completion_length,
+            "chat_template_kwargs": data_cfg.chat_template_kwargs}
+
+
+def _tokenize_chunk(pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_prompt_length: int | None,
+                    extra: dict[str, Any]) -> tuple[list[TokenizedPair | None], TokenizeStats]:
     stats = TokenizeStats()
-    return [tokenize_pair(p, tokenizer, max_length, max_prompt_length, stats) for p in pairs], stats
+    return [tokenize_pair(p, tokenizer, max_length, max_prompt_length, stats, **extra) for p in pairs], stats
 
 
 _WORKER_TOKENIZER: Any = None  # set in the parent before forking, or by the worker initializer
@@ -227,28 +245,29 @@ def _init_worker(tokenizer: Any) -> None:
 
 
 def _worker(args: tuple) -> tuple[list[TokenizedPair | None], TokenizeStats]:
-    pairs, max_length, max_prompt_length = args
-    return _tokenize_chunk(pairs, _WORKER_TOKENIZER, max_length, max_prompt_length)
+    pairs, max_length, max_prompt_length, extra = args
+    return _tokenize_chunk(pairs, _WORKER_TOKENIZER, max_length, max_prompt_length, extra)
 
 
 def tokenize_pairs(
     pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_prompt_length: int | None = None,
-    num_proc: int = 1,
+    num_proc: int = 1, max_completion_length: int | None = None, chat_template_kwargs: dict[str, Any] | None = None,
 ) -> tuple[list[TokenizedPair], TokenizeStats]:
     """Tokenize a list of pairs, dropping those the rules drop; returns the pairs and the counts.
 
     ``num_proc > 1`` splits the pairs into contiguous chunks tokenized by worker processes; the
     result is the same, in the same order.
     """
+    extra = {"max_completion_length": max_completion_length, "chat_template_kwargs": chat_template_kwargs}
     num_proc = max(1, min(num_proc, len(pairs) // 64 or 1))
     if num_proc == 1:
-        out, stats = _tokenize_chunk(pairs, tokenizer, max_length, max_prompt_length)
+        out, stats = _tokenize_chunk(pairs, tokenizer, max_length, max_prompt_length, extra)
         return [t for t in out if t is not None], stats
     import multiprocessing as mp
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     size = -(-len(pairs) // (num_proc * 4))
-    chunks = [(pairs[i:i + size], max_length, max_prompt_length) for i in range(0, len(pairs), size)]
+    chunks = [(pairs[i:i + size], max_length, max_prompt_length, extra) for i in range(0, len(pairs), size)]
     if "fork" in mp.get_all_start_methods():
         _init_worker(tokenizer)  # the forked workers inherit it, no pickling
         context, init, init_args = mp.get_context("fork"), None, ()

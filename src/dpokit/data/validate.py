@@ -1,6 +1,6 @@
 """``dpokit data validate | stats | prepare``: check, measure and pre-tokenize preference data.
 
-All three read their options like ``dpokit train`` (``config.py``): a data source (or a recipe
+All three read their options like ``dpokit train`` (``configure.py``): a data source (or a recipe
 YAML) as the positional argument, then any ``--key value`` (``--format``, ``--columns``,
 ``--split``, ``--model``, ``--max-length``, ``--on-bad-row``, ...).
 
@@ -37,25 +37,14 @@ hh-rlhf, orca). Keys are those of `dpokit train --help`, e.g. --format, --column
 --max-prompt-length, --num-proc; `prepare` needs --output-dir DIR."""
 
 
-def _config(argv: list[str]) -> tuple[Any, dict[str, Any], list[str]]:
-    """The run config for a data command: (config, the keys given, unused recipe keys)."""
-    from dpokit import config as cfgmod
+def _config(argv: list[str]) -> tuple[Any, dict[str, Any], dict[str, str]]:
+    """The run config for a data command: (config, the keys given, the recipe keys with no effect)."""
+    from dpokit.configure import resolve
 
-    positional, cli, _ = cfgmod.parse_cli(argv)
-    flat: dict[str, Any] = {}
-    for item in positional:
-        if item.lower().endswith((".yaml", ".yml")):
-            flat.update(cfgmod.load_yaml(item))
-        elif "data.path" in flat and flat["data.path"] != item:
-            raise ConfigError(f"more than one data source given ({flat['data.path']}, {item}); pass one")
-        else:
-            flat["data.path"] = item
-    flat.update(cfgmod._convert_recipe_keys(
-        {k: cfgmod._cli_value(v) if isinstance(v, str) else v for k, v in cli.items()}, "the command line"))
-    flat, unused = cfgmod.unused_keys(flat)
-    if "data.path" not in flat and not flat.get("data.mixture"):
+    config, _, info = resolve(argv, "data")
+    if not config.data.path and not config.data.mixture:
         raise ConfigError("no data source given\n" + USAGE)
-    return cfgmod.build_config(flat), flat, unused
+    return config, info["given"], info["why"]
 
 
 def _where(sources: list[str], limit: int = 10) -> str:
@@ -103,14 +92,14 @@ def cmd_validate(argv: list[str]) -> int:
     train, evaluation, reports, _ = read_train_eval(config.data, config.train.seed)
     errors = _print_reports(reports, config.data.on_bad_row)
     if "model.name_or_path" in given:
-        from dpokit.data.tokenize import tokenize_pairs
+        from dpokit.data.tokenize import options, tokenize_pairs
 
         tokenizer = _tokenizer(config)
         for name, pairs in (("train", train), ("eval", evaluation)):
             if not pairs:
                 continue
             _, stats = tokenize_pairs(pairs, tokenizer, config.data.max_length, config.data.max_prompt_length,
-                                      config.data.num_proc)
+                                      config.data.num_proc, **options(config.data))
             print(f"{name} tokenized with {config.model.name_or_path}, max_length {config.data.max_length}: "
                   f"{stats.summary()}")
             for reason, sources in stats.dropped_sources.items():
@@ -142,18 +131,19 @@ def _percentiles(values: list[int]) -> dict[str, float]:
 
 
 def compute_stats(pairs: list[PreferencePair], tokenizer: Any, max_length: int,
-                  max_prompt_length: int | None = None) -> dict[str, Any]:
+                  max_prompt_length: int | None = None, max_completion_length: int | None = None,
+                  chat_template_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Token lengths (untruncated), what ``max_length`` would do, and duplicates, for ``pairs``."""
     from dpokit.data.tokenize import TokenizeStats, encode_pair, fit_pair
 
     lengths: dict[str, list[int]] = {"prompt": [], "chosen": [], "rejected": []}
     fit = TokenizeStats()
     for pair in pairs:
-        prompt, chosen, rejected = encode_pair(pair, tokenizer)
+        prompt, chosen, rejected = encode_pair(pair, tokenizer, chat_template_kwargs)
         lengths["prompt"].append(len(prompt))
         lengths["chosen"].append(len(chosen))
         lengths["rejected"].append(len(rejected))
-        fit_pair(prompt, chosen, rejected, max_length, max_prompt_length, fit, pair.source)
+        fit_pair(prompt, chosen, rejected, max_length, max_prompt_length, fit, pair.source, max_completion_length)
     keys = [json.dumps([p.prompt, p.chosen, p.rejected, p.system], sort_keys=True) for p in pairs]
     prompts = [json.dumps([p.prompt, p.system], sort_keys=True) for p in pairs]
     longest = [p + max(c, r) for p, c, r in zip(lengths["prompt"], lengths["chosen"], lengths["rejected"])]
@@ -181,7 +171,10 @@ def cmd_stats(argv: list[str]) -> int:
     _print_reports(reports, "skip")
     same = sum(r.counts("error").get("chosen == rejected", 0) for r, _ in reports)
     tokenizer = _tokenizer(config)
-    stats = compute_stats(train, tokenizer, config.data.max_length, config.data.max_prompt_length)
+    from dpokit.data.tokenize import options
+
+    stats = compute_stats(train, tokenizer, config.data.max_length, config.data.max_prompt_length,
+                          **options(config.data))
     chat = "its chat template" if tokenizer.chat_template else "no chat template (raw text; fallback template for chat data)"
     print(f"tokenizer: {config.model.name_or_path}, {chat}")
     print(f"{'tokens':<28}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}{'mean':>10}")
@@ -206,6 +199,7 @@ def cmd_prepare(argv: list[str]) -> int:
     from dpokit.data.cache import tokenize_cached
     from dpokit.data.jsonl import write_jsonl
     from dpokit.data.sources import PREPARED_MARKER, load_train_eval
+    from dpokit.data.tokenize import options
 
     out = Path(config.output.dir)
     train, evaluation = load_train_eval(config.data, config.train.seed, log=print)
@@ -225,7 +219,7 @@ def cmd_prepare(argv: list[str]) -> int:
                 continue
             _, stats, key = tokenize_cached(pairs, tokenizer, config.data.max_length, config.data.max_prompt_length,
                                             config.data.num_proc, config.data.tokenized_cache,
-                                            save_to=out / "tokenized", log=print)
+                                            save_to=out / "tokenized", log=print, **options(config.data))
             print(f"{name}: {stats.summary()}")
             info["tokenized"].append({"part": name, "model": config.model.name_or_path, "key": key,
                                       "max_length": config.data.max_length,
@@ -243,12 +237,13 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(asdict(obj), default=str))
 
 
-def _warn_unused(unused: list[str]) -> None:
-    if unused:
-        import sys
+def _warn_unused(why: dict[str, str]) -> None:
+    import sys
 
-        print(f"warning: dpokit does not use these keys, so they have no effect: {', '.join(unused)}",
-              file=sys.stderr)
+    from dpokit.recipes import warning as unused_warning
+
+    if warning := unused_warning(why):
+        print(warning, file=sys.stderr)
 
 
 COMMANDS = {"validate": cmd_validate, "stats": cmd_stats, "prepare": cmd_prepare}

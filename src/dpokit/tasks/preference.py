@@ -236,7 +236,9 @@ class PreferenceTask(Task[TokenizedPair, PreferenceBatch, PairOutput]):
         return self.reference.key()
 
     def describe(self) -> str:
-        return f"loss {self.spec.name}, reference: {self.reference.describe()}"
+        loss = self.config.loss
+        settings = ", ".join(f"{k} {getattr(loss, k)}" for k in ("beta", *self.spec.settings))
+        return f"loss {self.spec.name} ({self.spec.summary}; {settings}), reference: {self.reference.describe()}"
 
     def done(self, final: str) -> str:
         return f"saved the aligned model to {final}"

@@ -19,7 +19,7 @@ from torch import nn
 from dpokit import dist
 from dpokit.config import Config
 from dpokit.data.sft import SequenceBatch, SFTExample, collate_sequences, load_sft_data, tokenize_items
-from dpokit.data.tokenize import prepare_tokenizer
+from dpokit.data.tokenize import options, prepare_tokenizer
 from dpokit.errors import DpokitError
 from dpokit.flops import ModelCosts, model_costs, step_flops
 from dpokit.logps import unwrap
@@ -80,10 +80,10 @@ class SFTTask(Task[SFTExample, SequenceBatch, NLLOutput]):
         cfg = self.config.data
         args = (tokenizer, cfg.max_length, cfg.max_prompt_length)
         train_items, eval_items = self.raw
-        self.train, stats = tokenize_items(train_items, *args)
+        self.train, stats = tokenize_items(train_items, *args, **options(cfg))  # max_completion_length, ...
         log(f"train data: {stats.summary()}")
         if eval_items:
-            self.eval, eval_stats = tokenize_items(eval_items, *args)
+            self.eval, eval_stats = tokenize_items(eval_items, *args, **options(cfg))
             log(f"eval data: {eval_stats.summary()}")
         if not self.train:
             raise DpokitError("no training examples left after tokenization; raise --max-length or check the data")

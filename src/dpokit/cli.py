@@ -172,7 +172,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise DpokitError("no prompts: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     torch.manual_seed(args.seed)
     model, tokenizer = load_for_generation(args.model, resolve_device(args.device), args.trust_remote_code)
-    for prompt, text in zip(prompts, generate(model, tokenizer, prompts, sampling, args.batch_size)):
+    answers = generate(model, tokenizer, prompts, sampling, args.batch_size, seed=args.seed)  # seeded per prompt
+    for prompt, text in zip(prompts, answers):
         print(f"### {prompt}\n{text}\n")
     return 0
 

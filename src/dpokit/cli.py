@@ -180,6 +180,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from dpokit import __version__
+    from dpokit.eval_cli import add_compare, add_eval, add_label
 
     parser = argparse.ArgumentParser(prog="dpokit", description="Align causal LMs with human preferences (DPO).")
     parser.add_argument("--version", action="version", version=f"dpokit {__version__}")
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("stats", "token lengths, truncation at --max-length, duplicates"),
                        ("prepare", "normalise (+ tokenize with --model) once into --output-dir")):
         data_sub.add_parser(name, help=f"{text} (see `dpokit data {name} --help`)", add_help=False)
+    add_label(data_sub)
 
     gen = sub.add_parser("generate", help="generate text with a model")
     gen.add_argument("--model", "--weights", dest="model", default="dpo_checkpoints/final",
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto")
     gen.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
     gen.set_defaults(func=cmd_generate, parser=gen)
+    add_eval(sub)
+    add_compare(sub)
     return parser
 
 

@@ -91,3 +91,15 @@ def test_bad_data_stops_eval_before_a_model_loads(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "no_such_run" / "final"), "--data", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl, line 1" in err and "rejected" in err and "fix:" in err
+
+
+def test_saved_config_keeps_a_start_model_that_moved_and_notes_one_it_cannot_read(tmp_path):
+    from dpokit.evaluate import run_reference, saved_config
+
+    (tmp_path / "dpokit_config.yaml").write_text("model:\n  weights: /no/such/start\nloss:\n  beta: 0.3\n")
+    config = saved_config(str(tmp_path))
+    assert config.loss.beta == 0.3 and run_reference(config) == "/no/such/start"  # named as the reference
+    (tmp_path / "dpokit_config.yaml").write_text("model:\n  no_such_key: 1\n")
+    notes = []
+    assert saved_config(str(tmp_path), notes.append) is None
+    assert notes and notes[0].startswith(f"note: cannot read {tmp_path / 'dpokit_config.yaml'}")

@@ -48,16 +48,24 @@ RUN_STATE = "trainer_state.json"
 # ---- what the run saved -----------------------------------------------------------------------
 
 
-def saved_config(model: str) -> Config | None:
+def saved_config(model: str, log=print) -> Config | None:
     """The config a dpokit run saved with ``model`` (a directory), or None (no such file, or one this
-    version cannot read: then the defaults and flags apply)."""
+    version cannot read: then the defaults and flags apply, and a note says so). A start model
+    (``--weights``) that is not there any more is kept by name: it is only needed as the reference."""
     path = Path(model).expanduser() / RUN_CONFIG
     if not path.is_file():
         return None
     try:
-        return build_config(load_yaml(path))
-    except DpokitError:
+        flat = load_yaml(path)
+        weights = flat.get("model.weights")
+        if weights and not Path(weights).expanduser().is_dir():
+            flat["model.weights"] = None
+        config = build_config(flat)
+    except DpokitError as e:
+        log(f"note: cannot read {path} ({str(e).splitlines()[0]}); the defaults and flags apply")
         return None
+    config.model.weights = weights
+    return config
 
 
 def run_beta(model: str, loss: LossConfig) -> float:
@@ -202,7 +210,7 @@ def _loss_config(saved: Config | None, args: Any) -> LossConfig:
 
 def evaluate_model(args: Any, log=print) -> dict[str, Any]:
     """Run ``dpokit eval`` (``args`` as `eval_cli` parses them); returns what ``--output`` saves."""
-    saved = saved_config(args.model)
+    saved = saved_config(args.model, log)
     loss_cfg = _loss_config(saved, args)
     beta = args.beta if args.beta is not None else (
         run_beta(args.model, loss_cfg) if saved is not None and loss_cfg is saved.loss else loss_cfg.beta)

@@ -108,6 +108,35 @@ def pair_row(prompt: Any, chosen: str, rejected: str, chat: bool, **extra: Any) 
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **extra}
 
 
+def pending(prompts: list[Any], done: Counter) -> tuple[list[Any], list[int]]:
+    """The prompts not decided yet, and which time each appears in the list (a prompt listed twice
+    is labelled twice; ``done`` counts the decisions already made per prompt)."""
+    seen: Counter = Counter()
+    todo, occurrence = [], []
+    for prompt in prompts:
+        key = prompt_key(prompt)
+        seen[key] += 1
+        if seen[key] > done[key]:
+            todo.append(prompt)
+            occurrence.append(seen[key] - 1)
+    return todo, occurrence
+
+
+def record(pick: str, prompt: Any, texts: tuple[str, str], scores: tuple[float, float] | None, labeller: str,
+           chat: bool, output: Path, extra: Path) -> None:
+    """Append a decision: a pick of A or B as a pair to ``output``, anything else to ``extra``."""
+    info: dict[str, Any] = {"labeller": labeller}
+    if pick in ("a", "b"):
+        order = (0, 1) if pick == "a" else (1, 0)
+        if scores is not None:
+            info["scores"] = [scores[i] for i in order]  # chosen's, rejected's
+        append(output, pair_row(prompt, texts[order[0]], texts[order[1]], chat, **info))
+    else:
+        if scores is not None:
+            info["scores"] = list(scores)
+        append(extra, {"prompt": prompt, "verdict": pick, "answers": [t.strip() for t in texts], **info})
+
+
 # ---- answers and picks ------------------------------------------------------------------------
 
 
@@ -169,15 +198,7 @@ def run(args: Any, stdin: TextIO | None = None, stdout: TextIO | None = None) ->
     for path in (output, extra):
         if repair_tail(path):
             print(f"note: {path} ended in a half-written line (an earlier crash); it was removed", file=stdout)
-    done = decided(output) + decided(extra)
-    seen: Counter = Counter()
-    todo, occurrence = [], []  # the prompts still to label, and which time each appears in the list
-    for prompt in prompts:
-        key = prompt_key(prompt)
-        seen[key] += 1
-        if seen[key] > done[key]:
-            todo.append(prompt)
-            occurrence.append(seen[key] - 1)
+    todo, occurrence = pending(prompts, decided(output) + decided(extra))
     print(f"{len(prompts)} prompts in {args.prompts}: {len(prompts) - len(todo)} already labelled, {len(todo)} to go; "
           f"pairs go to {output}, ties and skips to {extra}", file=stdout)
     if not todo:
@@ -216,15 +237,8 @@ def run(args: Any, stdin: TextIO | None = None, stdout: TextIO | None = None) ->
                     pick = ask(prompt, a, b, place, stdin, stdout)
                 if pick == "quit":
                     raise Quit
-                info = {"labeller": labeller}
-                if scores is not None:
-                    info["scores"] = [scores[2 * k], scores[2 * k + 1]] if pick != "b" else \
-                        [scores[2 * k + 1], scores[2 * k]]
-                if pick in ("a", "b"):
-                    chosen, rejected = texts if pick == "a" else texts[::-1]
-                    append(output, pair_row(prompt, chosen, rejected, chat, **info))
-                else:
-                    append(extra, {"prompt": prompt, "verdict": pick, "answers": [t.strip() for t in texts], **info})
+                pair_scores = None if scores is None else (scores[2 * k], scores[2 * k + 1])
+                record(pick, prompt, texts, pair_scores, labeller, chat, output, extra)
                 counts[pick in ("a", "b")] += 1
     except (Quit, KeyboardInterrupt) as stop:
         left = len(todo) - sum(counts.values())

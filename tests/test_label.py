@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
@@ -50,8 +49,8 @@ def _shown(stdout: str) -> list[tuple[str, str, str]]:
 class Tmux:
     """A private tmux server running one command in a real terminal."""
 
-    def __init__(self, command: list[str]) -> None:
-        self.socket = f"dpokit-test-{uuid.uuid4().hex[:8]}"
+    def __init__(self, command: list[str], socket) -> None:
+        self.socket = str(socket)  # its own server socket (removed with the test's directory)
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in _env().items()
                        if k in ("PYTHONPATH", "DPOKIT_CACHE", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "PATH",
                                 "TOKENIZERS_PARALLELISM"))
@@ -59,7 +58,7 @@ class Tmux:
         self.tmux("new-session", "-d", "-s", "label", "-x", "200", "-y", "50", shell)
 
     def tmux(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True,
+        return subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, check=True,
                               timeout=30).stdout
 
     def screen(self) -> str:
@@ -75,7 +74,7 @@ class Tmux:
         raise AssertionError(f"{text!r} x{count} never appeared; the terminal shows:\n{self.screen()}")
 
     def close(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=30)
 
 
 def test_labelling_through_a_pipe_and_a_terminal_resumes_without_asking_twice(tiny_dir, tmp_path, monkeypatch,
@@ -100,7 +99,7 @@ def test_labelling_through_a_pipe_and_a_terminal_resumes_without_asking_twice(ti
     assert tie["prompt"] == PROMPTS[1] and tie["verdict"] == "tie" and tie["answers"] == list(asked[1][1:])
 
     # 2. a real terminal: resumes at the third prompt; B is better; then Ctrl-C at the fourth
-    session = Tmux(command)
+    session = Tmux(command, tmp_path / "tmux.sock")
     try:
         screen = session.wait_for("Better answer?")
         assert "2 already labelled, 2 to go" in screen and "every pick is saved at once" in screen  # a tty

@@ -79,3 +79,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def aligned_run(tmp_path_factory, tiny_dir) -> Path:
+    """A short real DPO run of the tiny model (``dpokit train``, fp32) on sample pairs, whose chosen
+    answers give examples ("For example, ...") and whose rejected answers never do, with held-out
+    pairs as eval data and checkpoints every 5 steps. Holds ``pairs.jsonl``, ``held.jsonl``,
+    ``run/`` (``final``, ``checkpoint-5`` ... ``checkpoint-15``, ``metrics.jsonl``)."""
+    from dpokit.cli import main
+
+    root = tmp_path_factory.mktemp("aligned")
+    assert main(["data", "sample", "--output", str(root / "pairs.jsonl"), "--n", "64", "--seed", "1"]) == 0
+    assert main(["data", "sample", "--output", str(root / "held.jsonl"), "--n", "16", "--seed", "2"]) == 0
+    assert main(["train", "--data", str(root / "pairs.jsonl"), "--eval-data", str(root / "held.jsonl"),
+                 "--model", "tiny", "--steps", "20", "--batch-size", "8", "--grad-accum", "2", "--lr", "1e-4",
+                 "--logging-steps", "10", "--save-steps", "5", "--max-length", "128", "--precision", "fp32",
+                 "--progress", "false", "--output", str(root / "run")]) == 0
+    return root

@@ -192,13 +192,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise DpokitError("no prompts: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     torch.manual_seed(args.seed)
     model, tokenizer = load_for_generation(args.model, resolve_device(args.device), args.trust_remote_code)
-    for prompt, text in zip(prompts, generate(model, tokenizer, prompts, sampling, args.batch_size)):
+    answers = generate(model, tokenizer, prompts, sampling, args.batch_size, seed=args.seed)  # seeded per prompt
+    for prompt, text in zip(prompts, answers):
         print(f"### {prompt}\n{text}\n")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from dpokit import __version__
+    from dpokit.eval_cli import add_compare, add_eval, add_label
     from dpokit.plot import add_parser as plot_parser
 
     parser = argparse.ArgumentParser(prog="dpokit", description="Align causal LMs with human preferences (DPO).")
@@ -222,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("stats", "token lengths, truncation at --max-length, duplicates"),
                        ("prepare", "normalise (+ tokenize with --model) once into --output-dir")):
         data_sub.add_parser(name, help=f"{text} (see `dpokit data {name} --help`)", add_help=False)
+    add_label(data_sub)
 
     gen = sub.add_parser("generate", help="generate text with a model")
     gen.add_argument("--model", "--weights", dest="model", default="dpo_checkpoints/final",
@@ -238,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto")
     gen.add_argument("--trust-remote-code", "--trust_remote_code", action="store_true")
     gen.set_defaults(func=cmd_generate, parser=gen)
+    add_eval(sub)
+    add_compare(sub)
     return parser
 
 

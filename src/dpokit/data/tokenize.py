@@ -281,3 +281,17 @@ def tokenize_pairs(
         stats.merge(part)
         kept += [t for t in out if t is not None]
     return kept, stats
+
+
+def prompt_ids(tokenizer: Any, prompt: str | list[dict]) -> list[int]:
+    """The ids a model is prompted with to answer ``prompt`` (generation, ``dpokit compare``).
+
+    Under a chat template a string is one user message, and the ids are the template with the
+    generation prompt, as the rules above tokenize a conversational pair's prompt; so are message
+    lists on a tokenizer without a template (the fallback template). A string on a tokenizer
+    without a template is plain text with the default special tokens, as a text pair's prompt.
+    """
+    if isinstance(prompt, str) and not tokenizer.chat_template:
+        return list(tokenizer(prompt)["input_ids"])
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    return _chat_ids(tokenizer, messages, generation_prompt=True)

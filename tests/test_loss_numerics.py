@@ -11,7 +11,7 @@ import torch
 
 from dpokit.config import LossConfig
 from dpokit.formulas import log1mexp
-from dpokit.losses import LOSSES, LossInputs, get_loss
+from dpokit.losses import LOSSES, LossInputs, get_loss, resolve_loss_config
 
 
 def pairs(pi_w, pi_l, ref_w=None, ref_l=None, n_w=None, n_l=None, beta=0.1, dtype=torch.float64) -> LossInputs:
@@ -159,7 +159,7 @@ def test_rewards_are_trls(loss_type, keys, chosen, rejected):
     from dpokit.logps import SequenceLogps
     from dpokit.tasks.preference import PairMetrics, PairOutput
 
-    cfg = LossConfig(loss_type=loss_type, **keys)
+    cfg = resolve_loss_config(LossConfig(loss_type=loss_type, **keys))
     spec = get_loss(cfg.loss_type)
     ref = [-11.0] if spec.needs_reference else None
     x = pairs([-10.0], [-12.0], ref, ref, n_w=[4], n_l=[6], beta=cfg.beta)

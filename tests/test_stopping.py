@@ -102,7 +102,7 @@ def test_resumed_state_decides_as_an_uninterrupted_run():
 
 
 def test_from_config():
-    config, _, _ = resolve(["--early-stopping-patience", "3", "--metric-for-best-model", "rewards/accuracies",
+    config, _, _ = resolve(["--demo", "--early-stopping-patience", "3", "--metric-for-best-model", "rewards/accuracies",
                             "--early-stopping-threshold", "0.01"])
     stopper = EarlyStopping.from_config(config.train)
     assert (stopper.metric, stopper.greater_is_better, stopper.patience, stopper.threshold) == (

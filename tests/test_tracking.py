@@ -97,7 +97,7 @@ def test_tensorboard_events_read_back_at_their_steps(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    config, _, _ = resolve(["--output", str(tmp_path), "--report-to", "[tensorboard]", "--lr", "3e-4",
+    config, _, _ = resolve(["--demo", "--output", str(tmp_path), "--report-to", "[tensorboard]", "--lr", "3e-4",
                             "--run-name", "tb-unit"])
     log = build_tracker(config, tmp_path, devices=["CPU: test"])
     for step, loss in ((1, 0.69), (2, 0.5), (4, 0.25)):
@@ -122,7 +122,7 @@ def test_tensorboard_events_read_back_at_their_steps(tmp_path):
 
 
 def test_only_the_main_process_reports(tmp_path, monkeypatch):
-    config, _, _ = resolve(["--output", str(tmp_path), "--report-to", "[tensorboard]"])
+    config, _, _ = resolve(["--demo", "--output", str(tmp_path), "--report-to", "[tensorboard]"])
     log = build_tracker(config, tmp_path, is_main=False)
     log.log({"step": 1, "loss": 0.5})
     log.close()
@@ -135,7 +135,7 @@ def test_only_the_main_process_reports(tmp_path, monkeypatch):
 def test_missing_tracker_package_stops_before_data_loads(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails, as when not installed
-    assert main(["train", "--output", str(out), "--steps", "1", "--report-to", "[tensorboard]", "--progress",
+    assert main(["train", "--demo", "--output", str(out), "--steps", "1", "--report-to", "[tensorboard]", "--progress",
                  "false"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: report_to tensorboard: the 'tensorboard' package is not installed\n")
@@ -143,7 +143,7 @@ def test_missing_tracker_package_stops_before_data_loads(tmp_path, monkeypatch, 
     assert not out.exists()  # stopped before the data, the model and the output directory
 
     monkeypatch.setitem(sys.modules, "wandb", None)
-    assert main(["sft", "--output", str(out), "--steps", "1", "--report-to", "[wandb]"]) == 2
+    assert main(["sft", "--demo", "--output", str(out), "--steps", "1", "--report-to", "[wandb]"]) == 2
     assert "the 'wandb' package is not installed\n  fix: pip install 'dpokit[wandb]'" in capsys.readouterr().err
 
 

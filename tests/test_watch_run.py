@@ -35,7 +35,7 @@ def run(tmp_path_factory, dpokit_cache):
         mp.setenv("HOME", str(home))  # wandb's caches and settings land here, to be searched too
         buffer = io.StringIO()
         with fd_output() as fds, contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-            code = main(["train", "--output", str(out), "--steps", "4", "--logging-steps", "2", "--batch-size",
+            code = main(["train", "--demo", "--output", str(out), "--steps", "4", "--logging-steps", "2", "--batch-size",
                          str(BATCH), "--grad-accum", str(ACCUM), "--eval-fraction", "0.1", "--eval-steps", "2",
                          "--max-length", "128", "--progress", "false", "--report-to", "[tensorboard, wandb]",
                          "--run-name", "watch-test", "--project", "dpokit-tests", "--tags", "[t1, t2]"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -19,8 +19,6 @@ from dpokit.tracking import MetricsLog
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from dpokit.watch import Watch
-
 
 @dataclass
 class TrainState:
@@ -29,6 +27,22 @@ class TrainState:
     step: int = 0  # optimizer steps done
     micro_step: int = 0  # micro-batches done
     tokens_seen: int = 0  # TRL's num_tokens: prompt + chosen and prompt + rejected of each pair (SFT: rows)
+
+
+class Watcher(Protocol):
+    """What the step and the checkpoints need of the run's watch (``watch.Watch``): to hear of each
+    step and each checkpoint written (the mirror), the best checkpoint (kept out of the rotation),
+    and its state."""
+
+    def step_done(self, flops: float) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def best_checkpoint(self, out_dir: Path) -> Path | None: ...
+
+    def saved(self, path: Path, removed: list[Path]) -> None: ...
 
 
 @dataclass
@@ -54,4 +68,4 @@ class Run:
     out_dir: Path
     log: MetricsLog
     window: Metrics  # the metrics of the logging window in progress
-    watch: Watch  # throughput, margin logs, diagnostics, early stopping, the mirror
+    watch: Watcher  # `watch.Watch`: throughput, margin logs, diagnostics, early stopping, the mirror

@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -264,7 +264,7 @@ def fit(run: Run) -> Path:
     """Optimizer steps with logging, evaluation and checkpoints, then the final model."""
     from tqdm.auto import tqdm
 
-    cfg, watch = run.config, run.watch
+    cfg, watch = run.config, cast(Watch, run.watch)
     when = Intervals.resolve(cfg, run.total_steps, run.stream.size, run.info.world_size)
     evaluates = bool(run.task.eval) and when.evaluates
     progress = tqdm(total=run.total_steps, initial=run.state.step, desc=run.task.name, unit="step",
@@ -327,7 +327,7 @@ def fit(run: Run) -> Path:
 
 def load_best(run: Run) -> None:
     """Put the best evaluation's weights into the policy (``load_best_model_at_end``)."""
-    stopper = run.watch.stopper
+    stopper = cast(Watch, run.watch).stopper
     if stopper.best_step is None or stopper.best_step == run.state.step:
         return  # the weights in memory are the best ones
     best = run.watch.best_checkpoint(run.out_dir)

@@ -25,12 +25,12 @@ from dpokit.errors import DpokitError
 from dpokit.flops import throughput_row
 from dpokit.mirror import Mirror
 from dpokit.peak import Peak
+from dpokit.run import Run
 from dpokit.stopping import EarlyStopping
 from dpokit.tracking import MarginLog, memory_row, progress_postfix
 
 if TYPE_CHECKING:
     from dpokit.config import Config
-    from dpokit.run import Run
 
 
 class Watch:

@@ -261,16 +261,27 @@ def _defines(path: Path, symbol: str) -> bool:
     return False
 
 
+def _anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings (and explicit ``<a id="...">``)."""
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+             for h in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+    return slugs | set(re.findall(r'<a id="([^"]+)"', text))
+
+
 def test_every_code_link_resolves() -> None:
     broken, count = [], 0
     for page in PAGES:
         text = page.read_text(encoding="utf-8")
-        links = [(page.parent / target).resolve() for target in re.findall(r"\]\(([^)#\s]+)[^)]*\)", text)
-                 if not target.startswith(("http://", "https://", "mailto:"))]
-        for target in links:
+        for target, _, anchor in (t.partition("#") for t in re.findall(r"\]\(([^)\s]+)\)", text)):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
             count += 1
-            if not target.exists():
-                broken.append(f"{page.name}: link to {target.relative_to(ROOT) if ROOT in target.parents else target}")
+            path = (page.parent / target).resolve() if target else page
+            if not path.exists():
+                broken.append(f"{page.name}: link to {target}")
+            elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+                broken.append(f"{page.name}: link to {target}#{anchor}: no such heading")
         for file, symbol in re.findall(r"`((?:src/dpokit|benchmarks|tests)/[\w/.]+\.py)(?::([\w.]+))?`", text):
             count += 1
             if not (ROOT / file).is_file():

@@ -93,9 +93,10 @@ def test_config_dry_runs(path: Path, monkeypatch, tmp_path) -> None:
 # ---- every error message is in the troubleshooting page -------------------------------------------
 
 ERRORS = {"DpokitError", "ConfigError", "DataError", "SaveError"}
-MESSAGE_ARG = {**{name: 0 for name in ERRORS}, "RowProblem": 1, "_check": 1}
-# Modules whose ValueErrors the config layer turns into `error: ...` lines (configure.build_config).
-VALUE_ERRORS = {"config.py", "data/mixture.py"}
+MESSAGE_ARG = {**{name: 0 for name in ERRORS}, "RowProblem": 1, "_check": 1, "stop_unless": 1}
+# Modules whose ValueErrors the config layer turns into `error: ...` lines (configure.build_config,
+# recipes.convert).
+VALUE_ERRORS = {"config.py", "data/mixture.py", "recipes.py"}
 
 
 def _template(node: ast.AST) -> str | None:
@@ -129,6 +130,11 @@ def error_messages() -> list[tuple[str, str]]:
             if index is not None and len(node.args) > index:
                 if (text := _template(node.args[index])) is not None:
                     found.append((f"src/dpokit/{module}:{node.lineno}", text))
+        if module == "recipes.py":  # the reasons of keys that stop a run, given as (key, why) pairs
+            found += [(f"src/dpokit/{module}:{pair.lineno}", pair.elts[1].value) for pair in ast.walk(ast.parse(
+                path.read_text(encoding="utf-8"))) if isinstance(pair, ast.Tuple) and len(pair.elts) == 2
+                and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in pair.elts)
+                and " " in pair.elts[1].value]
     return found
 
 

@@ -296,3 +296,18 @@ def test_every_code_link_resolves() -> None:
                 broken.append(f"{page.name}: {file} defines no {symbol}")
     assert count > 20
     assert not broken, "\n".join(broken)
+
+
+def test_every_yaml_example_in_the_docs_is_a_valid_config() -> None:
+    import yaml
+
+    from dpokit import configure, recipes
+
+    checked = 0
+    for page in PAGES:
+        for block in re.findall(r"```yaml\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
+            where = f"{page.name}: the YAML example starting {block.splitlines()[0]!r}"
+            flat = configure.flatten_yaml(yaml.safe_load(block), where)  # unknown keys raise, naming the page
+            configure.build_config(recipes.finalize(flat))
+            checked += 1
+    assert checked >= 3

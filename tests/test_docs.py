@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,8 @@ def _command(path: Path) -> str:
     return found.group(1)
 
 
-def _outputs() -> set[str]:
+@cache
+def _outputs() -> frozenset[str]:
     """Where the shipped configs write their models: a later stage may start from one."""
     from dpokit import configure
 
@@ -45,7 +47,7 @@ def _outputs() -> set[str]:
     for path in CONFIGS:
         config, _, _ = configure.resolve([str(path)], _command(path))
         found.add(str(Path(config.output.dir) / "final"))
-    return found
+    return frozenset(found)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

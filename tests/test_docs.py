@@ -33,7 +33,7 @@ def _header(path: Path) -> str:
 
 def _command(path: Path) -> str:
     """``train`` or ``sft``: the dpokit command the header runs this file with."""
-    found = re.search(r"dpokit (train|sft) (?:\S+ )*?" + re.escape(f"configs/{path.name}"), _header(path))
+    found = re.search(r"dpokit (train|sft) (?:[^\s&;|]+ )*?" + re.escape(f"configs/{path.name}"), _header(path))
     assert found, f"{path.name}: the header names no `dpokit train|sft configs/{path.name}` command"
     return found.group(1)
 

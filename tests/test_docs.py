@@ -313,3 +313,13 @@ def test_every_yaml_example_in_the_docs_is_a_valid_config() -> None:
             configure.build_config(recipes.finalize(flat))
             checked += 1
     assert checked >= 3
+
+
+def test_readme_claims_the_benchmark_table_numbers() -> None:
+    """The README's opening claim against TRL says what its benchmark table's defaults row says."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    claim = re.search(r"(\d+(?:\.\d+)?)x the pairs\s+per second of TRL's `DPOTrainer` at (\d+(?:\.\d+)?)x its peak"
+                      r"\s+memory", text)
+    row = re.search(r"^\| dpokit, its defaults[^\n]*\| (\d+(?:\.\d+)?)x \| (\d+(?:\.\d+)?)x \|$", text, flags=re.M)
+    assert claim and row, "the README's opening claim or its benchmark table's 'dpokit, its defaults' row is gone"
+    assert claim.groups() == row.groups(), f"opening says {claim.groups()}, the table {row.groups()}"

@@ -132,6 +132,10 @@ def error_messages() -> list[tuple[str, str]]:
             if index is not None and len(node.args) > index:
                 if (text := _template(node.args[index])) is not None:
                     found.append((f"src/dpokit/{module}:{node.lineno}", text))
+        if module == "errors.py":  # the hints of OSErrors a user's path causes (`os_error_message`)
+            from dpokit.errors import _OS_HINTS
+
+            found += [(f"src/dpokit/{module}:_OS_HINTS", hint) for hint in _OS_HINTS.values()]
         if module == "recipes.py":  # the reasons of keys that stop a run, given as (key, why) pairs
             found += [(f"src/dpokit/{module}:{pair.lineno}", pair.elts[1].value) for pair in ast.walk(ast.parse(
                 path.read_text(encoding="utf-8"))) if isinstance(pair, ast.Tuple) and len(pair.elts) == 2

@@ -154,7 +154,7 @@ def tokenize_train_eval(
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
     """Tokenize the training and evaluation pairs of a run (``cfg`` is its `DataConfig`), through the
     cache and a prepared directory's own entries; counts go to ``log``."""
-    from dpokit.data.sources import PREPARED_MARKER
+    from dpokit.data.resolve import PREPARED_MARKER
 
     extra = ()
     if cfg.path and (Path(cfg.path) / PREPARED_MARKER).is_file():

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dpokit.data.formats import RowProblem
+from dpokit.data.fields import RowProblem
 from dpokit.data.pairs import PreferencePair
 from dpokit.data.report import RawRow, collect_pairs
 from dpokit.errors import DataError

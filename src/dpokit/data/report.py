@@ -22,7 +22,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpokit.data.formats import RowProblem, apply_columns, describe_format, detect_format, normalise_row
+from dpokit.data.fields import RowProblem
+from dpokit.data.formats import apply_columns, describe_format, detect_format, normalise_row
 from dpokit.data.pairs import PreferencePair
 from dpokit.errors import DataError
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from dpokit.config import DataConfig
-from dpokit.data.formats import RowProblem
+from dpokit.data.fields import RowProblem
 from dpokit.data.mixture import hold_out
 from dpokit.data.pairs import Message, PreferencePair
 from dpokit.data.sources import iter_rows, load_train_eval, main_spec

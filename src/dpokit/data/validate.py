@@ -198,7 +198,8 @@ def cmd_prepare(argv: list[str]) -> int:
         raise ConfigError("dpokit data prepare needs --output-dir DIR (where the prepared data goes)")
     from dpokit.data.cache import tokenize_cached
     from dpokit.data.jsonl import write_jsonl
-    from dpokit.data.sources import PREPARED_MARKER, load_train_eval
+    from dpokit.data.resolve import PREPARED_MARKER
+    from dpokit.data.sources import load_train_eval
     from dpokit.data.tokenize import options
 
     out = Path(config.output.dir)

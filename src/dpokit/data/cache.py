@@ -27,7 +27,7 @@ from typing import Any
 from dpokit.data.pairs import PreferencePair, TokenizedPair
 from dpokit.data.tokenize import TokenizeStats, options, tokenize_pairs
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: pairs identical after truncation are dropped
 
 
 def cache_root() -> Path:
@@ -168,5 +168,7 @@ def tokenize_train_eval(
                                               cfg.tokenized_cache, extra, log=log, **options(cfg))
         if log is not None:
             log(f"{name} data: {stats.summary()}")
+            if advice := stats.advice(cfg.max_length, cfg.max_prompt_length):
+                log(f"  {advice}")
         out.append(tokenized)
     return out[0], out[1]

@@ -151,10 +151,7 @@ def _message(message: Any, key: str, i: int) -> Message | None:
                          hint="each message needs a role and a content")
     role, content = message["role"], message["content"]
     if role not in ROLES:
-        better = ROLE_HINTS.get(str(role).lower())
-        raise RowProblem(ROLE, f"message {i} has the unknown role {show(role)}", column=key,
-                         hint=f"roles must be one of {', '.join(ROLES)}"
-                         + (f"; rename '{role}' to '{better}'" if better else ""))
+        raise role_problem([(key, i, role)])
     if not isinstance(content, str):
         raise RowProblem(WRONG_TYPE, f"message {i} has content of type {type_name(content)}, expected a string",
                          column=key, hint="make each message's content a string")
@@ -164,6 +161,30 @@ def _message(message: Any, key: str, i: int) -> Message | None:
     if not content.strip() and role == "system":
         return None
     return {"role": role, "content": content}
+
+
+def check_roles(row: Mapping[str, Any], keys: tuple[str, ...] = ("prompt", "chosen", "rejected")) -> None:
+    """Every message of the row's message lists with a role dpokit does not know, reported at once (a
+    data set that says "human" / "gpt" says so in every row and every message: one fix for all)."""
+    found = [(key, i, m["role"]) for key in keys if isinstance(row.get(key), list)
+             for i, m in enumerate(row[key]) if isinstance(m, Mapping) and m.get("role") not in ROLES]
+    if found:
+        raise role_problem(found)
+
+
+def role_problem(found: list[tuple[str, int, Any]]) -> RowProblem:
+    """One problem for the unknown roles ``(column, message index, role)`` of a row, with every rename."""
+    if len(found) == 1:
+        key, i, role = found[0]
+        message = f"message {i} has the unknown role {show(role)}"
+    else:
+        shown = ", ".join(f"{key}[{i}] {show(role)}" for key, i, role in found[:12])
+        more = f" and {len(found) - 12} more" if len(found) > 12 else ""
+        message = f"{len(found)} messages have unknown roles: {shown}{more}"
+    roles = list(dict.fromkeys(str(role) for _, _, role in found))
+    renames = [f"'{role}' to '{ROLE_HINTS[role.lower()]}'" for role in roles if role.lower() in ROLE_HINTS]
+    return RowProblem(ROLE, message, column=found[0][0], hint=f"roles must be one of {', '.join(ROLES)}"
+                      + (f"; rename {', '.join(renames)}" if renames else ""))
 
 
 def check_same_kind(row: Mapping[str, Any]) -> None:

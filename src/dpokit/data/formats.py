@@ -43,6 +43,7 @@ from dpokit.data.fields import (
     WRONG_TYPE,
     RowProblem,
     check_different,
+    check_roles,
     check_same_kind,
     empty_completion,
     keys_text,
@@ -150,6 +151,7 @@ def _blank(messages: list[Message]) -> bool:
 
 def _conversational(row: Mapping[str, Any]) -> tuple[PreferencePair, RowProblem | None]:
     check_same_kind(row)
+    check_roles(row)
     chosen, rejected = message_list(row, "chosen"), message_list(row, "rejected")
     check_different(chosen, rejected)
     system = optional_text(row, "system")

@@ -97,7 +97,7 @@ class Session:
         try:
             chosen, rejected = self.line(QUESTIONS[1]), self.line(QUESTIONS[2])
         except Done:
-            print("input ended in the middle of a pair; that pair was not saved", file=sys.stderr)
+            print("ended in the middle of a pair; that pair was not saved", file=sys.stderr)
             raise
         problem = None
         if not prompt.strip() or not chosen.strip() or not rejected.strip():

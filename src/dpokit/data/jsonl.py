@@ -106,15 +106,23 @@ def iter_json_rows(path: str | Path) -> Iterator[RawRow]:
                                            hint=ROW_HINT)
             continue
         seen += 1
-        yield number, None, lone_surrogate(row, line) or row
+        yield number, None, (_SURROGATE_ESCAPE.search(line) and lone_surrogate(row, line)) or row
     if seen == 0:
         raise DataError("the file is empty: no rows", path=str(path), reason="empty file", hint=SAMPLE_HINT)
+
+
+# Text decoded from UTF-8 holds no surrogate; only a JSON escape (\ud800-\udfff) can put one in a string.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _surrogate(value: Any) -> str | None:
     """The first lone UTF-16 surrogate (U+D800-U+DFFF) in a parsed JSON value's strings, keys included."""
     if isinstance(value, str):
-        return next((ch for ch in value if "\ud800" <= ch <= "\udfff"), None)
+        try:
+            value.encode("utf-8")
+            return None
+        except UnicodeEncodeError as e:
+            return value[e.start]
     if isinstance(value, dict):
         return next((s for item in value.items() for s in map(_surrogate, item) if s), None)
     if isinstance(value, list):
@@ -202,6 +210,7 @@ def _iter_array(path: Path) -> Iterator[RawRow]:
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     line, counted, seen = 1, 0, 0
+    escapes = _SURROGATE_ESCAPE.search(text) is not None  # else no string can hold a surrogate
 
     def skip(p: int) -> int:
         while p < len(text) and text[p] in " \t\r\n":
@@ -223,7 +232,7 @@ def _iter_array(path: Path) -> Iterator[RawRow]:
             yield line, None, RowProblem("not an object", f"expected a JSON object, got a JSON {_json_type(row)}",
                                          hint="make each item of the array an object with prompt / chosen / rejected")
         else:
-            yield line, None, lone_surrogate(row, "") or row
+            yield line, None, (escapes and lone_surrogate(row, "")) or row
         seen += 1
         pos = skip(end)
         if pos < len(text) and text[pos] == ",":

@@ -136,3 +136,17 @@ def test_validate_exit_codes(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"error: {path}" if code == 1 else "error: preference data not found") and text in err
         assert "\n  fix: " in err and "Traceback" not in err
+
+
+def test_fit_pair_drops_only_pairs_the_cut_makes_identical():
+    from dpokit.data.tokenize import DROP_SAME_AFTER_CUT, TokenizeStats, fit_pair
+
+    stats = TokenizeStats()
+    assert fit_pair([1], [5, 6, 7, 8], [5, 6, 7, 9], 4, None, stats, "f:1") is None  # room 3: both [5, 6, 7]
+    assert stats.dropped_sources == {DROP_SAME_AFTER_CUT: ["f:1"]} and stats.truncated_completion == 0
+    kept = fit_pair([1], [5, 6, 7, 8], [5, 6, 9], 4, None, stats, "f:2")  # they part inside the room
+    assert kept is not None and (kept.chosen_ids, kept.rejected_ids) == ([5, 6, 7], [5, 6, 9])
+    assert fit_pair([1], [5, 6], [5, 7, 8, 9], 8, None, stats, "f:3", max_completion_length=1) is None
+    # SFT fits its one completion as both sides: it is cut, never dropped as "identical"
+    sft = fit_pair([1], [5, 6, 7, 8], [5, 6, 7, 8], 4, None, stats, "f:4")
+    assert sft is not None and sft.chosen_ids == [5, 6, 7] and stats.dropped[DROP_SAME_AFTER_CUT] == 2

@@ -150,3 +150,16 @@ def test_fit_pair_drops_only_pairs_the_cut_makes_identical():
     # SFT fits its one completion as both sides: it is cut, never dropped as "identical"
     sft = fit_pair([1], [5, 6, 7, 8], [5, 6, 7, 8], 4, None, stats, "f:4")
     assert sft is not None and sft.chosen_ids == [5, 6, 7] and stats.dropped[DROP_SAME_AFTER_CUT] == 2
+
+
+def test_train_with_every_pair_dropped_names_the_flag_that_keeps_them(tmp_path, capsys):
+    long_prompt = " ".join(["a prompt longer than the whole sequence may be"] * 4)
+    path = write(tmp_path / "long.jsonl", [{"prompt": long_prompt, "chosen": "Yes.", "rejected": "No."},
+                                           {"prompt": long_prompt + " again", "chosen": "A.", "rejected": "B."}])
+    assert main(["train", "--data", str(path), "--model", "tiny", "--max-length", "16", "--steps", "1",
+                 "--output", str(tmp_path / "run"), "--progress", "false"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: no training pairs left after tokenization: all 2 were dropped "
+                          "(2 prompt alone reaches max_length)")
+    assert ("\n  fix: to keep the 2 pairs dropped as their prompt alone reaches max_length 16: pass "
+            "--max-prompt-length 8") in err and "Traceback" not in err

@@ -26,6 +26,7 @@ from typing import Any
 
 from dpokit.data.pairs import PreferencePair, TokenizedPair
 from dpokit.data.tokenize import TokenizeStats, options, tokenize_pairs
+from dpokit.errors import DataError
 
 CACHE_VERSION = "2"  # 2: pairs identical after truncation are dropped
 
@@ -170,5 +171,11 @@ def tokenize_train_eval(
             log(f"{name} data: {stats.summary()}")
             if advice := stats.advice(cfg.max_length, cfg.max_prompt_length):
                 log(f"  {advice}")
+        if name == "train" and not tokenized:
+            raise DataError(f"no training pairs left after tokenization: all {len(pairs)} were dropped "
+                            f"({', '.join(f'{n} {reason}' for reason, n in stats.dropped.items())})",
+                            path=cfg.path, reason="no pairs",
+                            hint=stats.advice(cfg.max_length, cfg.max_prompt_length) or "raise --max-length, or "
+                            "see the dropped rows with `dpokit data validate SOURCE --model MODEL`")
         out.append(tokenized)
     return out[0], out[1]

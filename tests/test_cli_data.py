@@ -183,3 +183,16 @@ def test_data_add_leaves_no_empty_folder_when_nothing_is_saved(tmp_path, monkeyp
     assert main(["data", "add", "--output", str(blocked / "pairs.jsonl")]) == 2  # a file where a folder should be
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(blocked) in err and "Traceback" not in err
+
+
+def test_data_add_skips_input_that_is_not_utf8(tmp_path):
+    """Bytes that are not UTF-8 on a pipe (a Latin-1 "é") skip that pair with a message; no traceback."""
+    out = tmp_path / "pairs.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-m", "dpokit", "data", "add", "--output", str(out)],
+                            input="caf\xe9?\nYes.\nNo.\nTea?\nYes.\nNo.\n".encode("latin-1"), capture_output=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0 and b"Traceback" not in result.stderr
+    assert b"skipped: the input is not UTF-8 text" in result.stderr and b"added 1 pair" in result.stdout
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [
+        {"prompt": "Tea?", "chosen": "Yes.", "rejected": "No."}]

@@ -163,3 +163,7 @@ def test_train_with_every_pair_dropped_names_the_flag_that_keeps_them(tmp_path, 
                           "(2 prompt alone reaches max_length)")
     assert ("\n  fix: to keep the 2 pairs dropped as their prompt alone reaches max_length 16: pass "
             "--max-prompt-length 8") in err and "Traceback" not in err
+    assert main(["data", "validate", str(path), "--model", "tiny", "--max-length", "16"]) == 1
+    out = capsys.readouterr().out
+    assert "pass --max-prompt-length 8" in out
+    assert out.endswith("validate: no training pair is left once tokenized at max_length 16; training would stop\n")

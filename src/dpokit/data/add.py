@@ -28,6 +28,15 @@ def _pairs(n: int) -> str:
     return f"{n} pair{'s' if n != 1 else ''}"
 
 
+def _is_utf8(text: str) -> bool:
+    """False for input that held bytes that are not UTF-8 (read as surrogates, which no file can hold)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _named(error: OSError, path: Path) -> OSError:
     """An OSError from writing ``path`` that names it (a full disk names no file)."""
     if error.filename is None:
@@ -79,7 +88,9 @@ class Session:
         """A non-empty answer (different from ``chosen`` when given), asked again in a terminal."""
         while True:
             text = self.line(question)
-            if not text.strip():
+            if not _is_utf8(text):
+                problem = "it is not UTF-8 text (set your terminal to UTF-8); type it again, or done to finish"
+            elif not text.strip():
                 problem = "it is empty; type the text, or done to finish"
             elif chosen is not None and text.strip() == chosen.strip():
                 problem = "it is the same as the chosen response; type a worse one, or done to finish"
@@ -100,7 +111,9 @@ class Session:
             print("ended in the middle of a pair; that pair was not saved", file=sys.stderr)
             raise
         problem = None
-        if not prompt.strip() or not chosen.strip() or not rejected.strip():
+        if not all(map(_is_utf8, (prompt, chosen, rejected))):
+            problem = "the input is not UTF-8 text"
+        elif not prompt.strip() or not chosen.strip() or not rejected.strip():
             problem = "prompt, chosen and rejected must all be non-empty"
         elif chosen.strip() == rejected.strip():
             problem = "chosen and rejected are the same"

@@ -107,6 +107,7 @@ def cmd_validate(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)  # the data was read and is faulty: the check's verdict
         return 1
     errors = _print_reports(reports, config.data.on_bad_row)
+    none_fit = False  # no training pair is left once tokenized: training would stop
     if "model.name_or_path" in given:
         from dpokit.data.tokenize import options, tokenize_pairs
 
@@ -123,6 +124,7 @@ def cmd_validate(argv: list[str]) -> int:
                 print(f"  warning, dropped: {n} row{'s' if n != 1 else ''}: {reason} ({_where(sources)})")
             if advice := stats.advice(config.data.max_length, config.data.max_prompt_length):
                 print(f"  {advice}")
+            none_fit = none_fit or (name == "train" and not stats.kept)
     else:
         print("(pass --model NAME to also check token lengths against --max-length)")
     if errors and config.data.on_bad_row == "error":
@@ -132,6 +134,10 @@ def cmd_validate(argv: list[str]) -> int:
     empty = [report for report, _ in reports if not report.pairs]
     if empty:
         print(f"validate: no pairs kept from {', '.join(r.source for r in empty)}; training would stop")
+        return 1
+    if none_fit:
+        print(f"validate: no training pair is left once tokenized at max_length {config.data.max_length}; "
+              "training would stop")
         return 1
     print("validate: ok")
     return 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from dpokit.cli import main
 
 NO_MODEL = "/nonexistent/model-dir"  # a run must stop on the data before it would try to load this
@@ -167,3 +169,49 @@ def test_train_with_every_pair_dropped_names_the_flag_that_keeps_them(tmp_path, 
     out = capsys.readouterr().out
     assert "pass --max-prompt-length 8" in out
     assert out.endswith("validate: no training pair is left once tokenized at max_length 16; training would stop\n")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB tmpfs (root only, as a full disk cannot be faked honestly), unmounted after."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_prepare_on_a_full_disk_keeps_the_previous_prepared_data(small_disk, capsys):
+    from conftest import HH_RLHF
+
+    source = write(small_disk.parent / "pairs.jsonl", CUT_PAIRS)
+    out = small_disk / "prepared"
+    assert main(["data", "prepare", str(source), "--output-dir", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["data", "prepare", str(HH_RLHF), "--output-dir", str(out)]) != 0  # 2.6 MB of pairs: no room
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}") and "no space left on device" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the first prepare's data, whole
+    assert main(["data", "validate", str(out)]) == 0
+
+    fresh = small_disk / "fresh"  # a folder the failed prepare made is removed with what it wrote
+    assert main(["data", "prepare", str(HH_RLHF), "--output-dir", str(fresh)]) != 0
+    assert not fresh.exists()
+
+
+def test_a_full_cache_disk_warns_and_the_run_goes_on(small_disk, tmp_path, monkeypatch, capsys):
+    (small_disk / "filler").write_bytes(b"\0" * (256 * 1024 - 4096))
+    monkeypatch.setenv("DPOKIT_CACHE", str(small_disk))
+    source = write(tmp_path / "pairs.jsonl", CUT_PAIRS)
+    out = tmp_path / "prepared"
+    assert main(["data", "prepare", str(source), "--output-dir", str(out), "--model", "tiny", "--max-length", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert f"warning: the tokenized-data cache cannot be written ({small_disk / 'tokenized'}" in printed
+    assert "no space left on device" in printed and "set DPOKIT_CACHE to another folder" in printed
+    assert "2 train pairs kept" in printed and (out / "dpokit_prepared.json").is_file()
+    assert not [p for p in (small_disk / "tokenized").iterdir()]  # no half-written entry left behind

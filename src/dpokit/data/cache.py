@@ -15,18 +15,21 @@ tokenizer or settings differ from those it was prepared with.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
+import sys
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dpokit.data.pairs import PreferencePair, TokenizedPair
 from dpokit.data.tokenize import TokenizeStats, options, tokenize_pairs
-from dpokit.errors import DataError
+from dpokit.errors import DataError, os_error_message
 
 CACHE_VERSION = "2"  # 2: pairs identical after truncation are dropped
 
@@ -75,15 +78,21 @@ def save_entry(directory: Path, pairs: list[TokenizedPair], stats: TokenizeStats
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    arrays: dict[str, Any] = {}
-    for part in ("prompt_ids", "chosen_ids", "rejected_ids"):
-        seqs = [getattr(p, part) for p in pairs]
-        arrays[part] = np.fromiter((t for s in seqs for t in s), dtype=np.int64)
-        arrays[part + "_offsets"] = np.cumsum([0] + [len(s) for s in seqs], dtype=np.int64)
-    np.savez(tmp / "ids.npz", **arrays)
-    meta = {"stats": stats.to_dict(), "sources": [p.meta.get("source", "") for p in pairs], "created": time.time()}
-    (tmp / "stats.json").write_text(json.dumps(meta), encoding="utf-8")
+    try:
+        tmp.mkdir(parents=True)
+        arrays: dict[str, Any] = {}
+        for part in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            seqs = [getattr(p, part) for p in pairs]
+            arrays[part] = np.fromiter((t for s in seqs for t in s), dtype=np.int64)
+            arrays[part + "_offsets"] = np.cumsum([0] + [len(s) for s in seqs], dtype=np.int64)
+        np.savez(tmp / "ids.npz", **arrays)
+        meta = {"stats": stats.to_dict(), "sources": [p.meta.get("source", "") for p in pairs], "created": time.time()}
+        (tmp / "stats.json").write_text(json.dumps(meta), encoding="utf-8")
+    except BaseException as e:  # a full disk, Ctrl-C: no half-written entry stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(directory)  # a full disk names no file
+        raise
     try:
         os.replace(tmp, directory)
     except OSError:  # another process wrote the same entry first
@@ -97,17 +106,18 @@ def load_entry(directory: Path) -> tuple[list[TokenizedPair], TokenizeStats] | N
         return None
     try:
         meta = json.loads((directory / "stats.json").read_text(encoding="utf-8"))
+        stats = TokenizeStats.from_dict(meta["stats"])
         with np.load(directory / "ids.npz", allow_pickle=False) as data:
             parts = {}
             for part in ("prompt_ids", "chosen_ids", "rejected_ids"):
                 flat, offsets = data[part].tolist(), data[part + "_offsets"].tolist()
                 parts[part] = [flat[a:b] for a, b in zip(offsets, offsets[1:])]
-    except (OSError, ValueError, KeyError):
-        return None  # a damaged entry is simply rebuilt
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return None  # a damaged entry (a truncated file, one cut by a full disk) is simply rebuilt
     sources = meta.get("sources", [])
     pairs = [TokenizedPair(p, c, r, meta={"source": sources[i] if i < len(sources) else ""})
              for i, (p, c, r) in enumerate(zip(parts["prompt_ids"], parts["chosen_ids"], parts["rejected_ids"]))]
-    return pairs, TokenizeStats.from_dict(meta["stats"])
+    return pairs, stats
 
 
 def tokenize_cached(
@@ -143,7 +153,12 @@ def tokenize_cached(
         log(f"tokenized {len(pairs)} pairs in {time.perf_counter() - start:.1f} s with {num_proc} process(es)")
     if key is not None:
         if use_cache:
-            save_entry(cache_root() / key, tokenized, stats)
+            try:
+                save_entry(cache_root() / key, tokenized, stats)
+            except OSError as e:  # the cache only saves time: a run goes on without it
+                message = (f"warning: the tokenized-data cache cannot be written ({os_error_message(e)}); going on "
+                           "without it (free space there, or set DPOKIT_CACHE to another folder)")
+                (log or functools.partial(print, file=sys.stderr))(message)
         if save_to is not None:
             save_entry(save_to / key, tokenized, stats)
     return tokenized, stats, key

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -30,6 +32,7 @@ from typing import Any
 
 from dpokit.data.pairs import PreferencePair
 from dpokit.data.report import LoadReport
+from dpokit.data.resolve import PREPARED_MARKER
 from dpokit.errors import ConfigError, DataError
 
 USAGE = """usage: dpokit data {validate,stats,prepare} SOURCE|RECIPE.yaml [--KEY VALUE ...]
@@ -227,24 +230,50 @@ def cmd_prepare(argv: list[str]) -> int:
     _warn_unused(unused)
     if "output.dir" not in given:
         raise ConfigError("dpokit data prepare needs --output-dir DIR (where the prepared data goes)")
-    from dpokit.data.cache import tokenize_cached
-    from dpokit.data.jsonl import write_jsonl
-    from dpokit.data.resolve import PREPARED_MARKER
     from dpokit.data.sources import load_train_eval
-    from dpokit.data.tokenize import options
 
     out = Path(config.output.dir)
     train, evaluation = load_train_eval(config.data, config.train.seed, log=print)
+    created = not out.exists()
+    parts = {"train.jsonl": train, "eval.jsonl": evaluation}
+    try:
+        info = _write_prepared(out, parts, config, "model.name_or_path" in given)
+    except BaseException as e:  # a full disk, Ctrl-C: the previous prepared data stays as it was
+        for name in [*parts, PREPARED_MARKER]:
+            (out / f"{name}.tmp").unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(out)
+        raise
+    (out / PREPARED_MARKER).unlink(missing_ok=True)  # the marker goes last: never beside half-moved files
+    for name, pairs in parts.items():
+        if pairs:
+            os.replace(out / f"{name}.tmp", out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    os.replace(out / f"{PREPARED_MARKER}.tmp", out / PREPARED_MARKER)
+    print(f"prepared {_prepared(len(train), len(evaluation), info['tokenized'])} in {out}; "
+          f"train on them with `dpokit train --data {out}`")
+    return 0
+
+
+def _write_prepared(out: Path, parts: dict[str, list[PreferencePair]], config: Any, tokenize: bool) -> dict[str, Any]:
+    """Write the pairs (``NAME.tmp``), their tokenized entries and the marker (``.tmp``) into ``out``; the
+    caller moves them into place once all are written."""
+    from dpokit.data.cache import tokenize_cached
+    from dpokit.data.jsonl import write_jsonl
+    from dpokit.data.tokenize import options
+
     out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "train.jsonl", [p.to_dict() for p in train])
-    if evaluation:
-        write_jsonl(out / "eval.jsonl", [p.to_dict() for p in evaluation])
-    elif (out / "eval.jsonl").exists():
-        (out / "eval.jsonl").unlink()
+    for name, pairs in parts.items():
+        if pairs:
+            write_jsonl(out / f"{name}.tmp", [p.to_dict() for p in pairs])
+    train, evaluation = parts["train.jsonl"], parts["eval.jsonl"]
     info: dict[str, Any] = {"dpokit_prepared": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                             "source": config.data.path or "mixture", "train_pairs": len(train),
                             "eval_pairs": len(evaluation), "data": _jsonable(config.data), "tokenized": []}
-    if "model.name_or_path" in given:
+    if tokenize:
         tokenizer = _tokenizer(config)
         for name, pairs in (("train", train), ("eval", evaluation)):
             if not pairs:
@@ -259,10 +288,8 @@ def cmd_prepare(argv: list[str]) -> int:
                                       "max_length": config.data.max_length,
                                       "max_prompt_length": config.data.max_prompt_length,
                                       "pairs": len(pairs), "kept": stats.kept})
-    (out / PREPARED_MARKER).write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-    print(f"prepared {_prepared(len(train), len(evaluation), info['tokenized'])} in {out}; "
-          f"train on them with `dpokit train --data {out}`")
-    return 0
+    (out / f"{PREPARED_MARKER}.tmp").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+    return info
 
 
 def _prepared(train: int, evaluation: int, tokenized: list[dict[str, Any]]) -> str:

@@ -204,14 +204,15 @@ def test_prepare_on_a_full_disk_keeps_the_previous_prepared_data(small_disk, cap
     assert not fresh.exists()
 
 
-def test_a_full_cache_disk_warns_and_the_run_goes_on(small_disk, tmp_path, monkeypatch, capsys):
+def test_a_full_cache_disk_names_the_cache_and_leaves_no_half_entry(small_disk, tmp_path, monkeypatch, capsys):
     (small_disk / "filler").write_bytes(b"\0" * (256 * 1024 - 4096))
     monkeypatch.setenv("DPOKIT_CACHE", str(small_disk))
     source = write(tmp_path / "pairs.jsonl", CUT_PAIRS)
     out = tmp_path / "prepared"
-    assert main(["data", "prepare", str(source), "--output-dir", str(out), "--model", "tiny", "--max-length", "32"]) == 0
-    printed = capsys.readouterr().out
-    assert f"warning: the tokenized-data cache cannot be written ({small_disk / 'tokenized'}" in printed
-    assert "no space left on device" in printed and "set DPOKIT_CACHE to another folder" in printed
-    assert "2 train pairs kept" in printed and (out / "dpokit_prepared.json").is_file()
-    assert not [p for p in (small_disk / "tokenized").iterdir()]  # no half-written entry left behind
+    assert main(["data", "prepare", str(source), "--output-dir", str(out), "--model", "tiny", "--max-length", "32"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {small_disk / 'tokenized'}") and "no space left on device" in err
+    assert "Traceback" not in err and not out.exists()  # the prepare's own new folder is removed too
+    assert not list((small_disk / "tokenized").iterdir())  # no half-written entry left behind
+    assert main(["data", "prepare", str(source), "--output-dir", str(out), "--model", "tiny", "--max-length", "32",
+                 "--tokenized-cache", "false"]) == 0  # without the cache it works

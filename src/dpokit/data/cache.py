@@ -15,12 +15,10 @@ tokenizer or settings differ from those it was prepared with.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 import zipfile
 from collections.abc import Callable
@@ -29,7 +27,7 @@ from typing import Any
 
 from dpokit.data.pairs import PreferencePair, TokenizedPair
 from dpokit.data.tokenize import TokenizeStats, options, tokenize_pairs
-from dpokit.errors import DataError, os_error_message
+from dpokit.errors import DataError
 
 CACHE_VERSION = "2"  # 2: pairs identical after truncation are dropped
 
@@ -153,12 +151,7 @@ def tokenize_cached(
         log(f"tokenized {len(pairs)} pairs in {time.perf_counter() - start:.1f} s with {num_proc} process(es)")
     if key is not None:
         if use_cache:
-            try:
-                save_entry(cache_root() / key, tokenized, stats)
-            except OSError as e:  # the cache only saves time: a run goes on without it
-                message = (f"warning: the tokenized-data cache cannot be written ({os_error_message(e)}); going on "
-                           "without it (free space there, or set DPOKIT_CACHE to another folder)")
-                (log or functools.partial(print, file=sys.stderr))(message)
+            save_entry(cache_root() / key, tokenized, stats)  # a full disk: an error naming the entry's path
         if save_to is not None:
             save_entry(save_to / key, tokenized, stats)
     return tokenized, stats, key

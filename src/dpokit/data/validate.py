@@ -19,6 +19,7 @@ YAML) as the positional argument, then any ``--key value`` (``--format``, ``--co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -240,7 +241,8 @@ def cmd_prepare(argv: list[str]) -> int:
         info = _write_prepared(out, parts, config, "model.name_or_path" in given)
     except BaseException as e:  # a full disk, Ctrl-C: the previous prepared data stays as it was
         for name in [*parts, PREPARED_MARKER]:
-            (out / f"{name}.tmp").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # (DIR may be a file: the error below says so)
+                (out / f"{name}.tmp").unlink(missing_ok=True)
         if created:
             shutil.rmtree(out, ignore_errors=True)
         if isinstance(e, OSError) and e.filename is None:

@@ -216,3 +216,19 @@ def test_a_full_cache_disk_names_the_cache_and_leaves_no_half_entry(small_disk, 
     assert not list((small_disk / "tokenized").iterdir())  # no half-written entry left behind
     assert main(["data", "prepare", str(source), "--output-dir", str(out), "--model", "tiny", "--max-length", "32",
                  "--tokenized-cache", "false"]) == 0  # without the cache it works
+
+
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path, tiny_tokenizer):
+    from dpokit.data.cache import load_entry, tokenize_cached
+    from dpokit.data.pairs import PreferencePair
+
+    pairs = [PreferencePair(**GOOD, source="f:1")]
+    first, _, key = tokenize_cached(pairs, tiny_tokenizer, 64, extra_dirs=(tmp_path,), save_to=tmp_path)
+    entry = tmp_path / key
+    for damage in (lambda: (entry / "ids.npz").write_bytes((entry / "ids.npz").read_bytes()[:40]),  # cut short
+                   lambda: (entry / "stats.json").write_text('{"sources": []}')):  # no stats
+        damage()
+        assert load_entry(entry) is None
+        again, stats, _ = tokenize_cached(pairs, tiny_tokenizer, 64, use_cache=False, save_to=tmp_path)
+        assert [p.chosen_ids for p in again] == [p.chosen_ids for p in first] and stats.kept == 1
+        assert load_entry(entry) is not None  # written again, whole

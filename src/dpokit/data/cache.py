@@ -93,7 +93,14 @@ def save_entry(directory: Path, pairs: list[TokenizedPair], stats: TokenizeStats
         raise
     try:
         os.replace(tmp, directory)
-    except OSError:  # another process wrote the same entry first
+    except OSError:  # the entry is there: written first by another process, or damaged
+        if load_entry(directory) is None:  # damaged (a truncated file): replace it with the new one
+            shutil.rmtree(directory, ignore_errors=True)
+            try:
+                os.replace(tmp, directory)
+                return
+            except OSError:
+                pass
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -98,7 +98,8 @@ class LoadReport:
 
     def summary(self, on_bad_row: str = "error", limit: int = 10) -> list[str]:
         """Readable lines: rows, format, pairs kept, then counts by level and reason, with locations."""
-        lines = [f"{self.source}: {self.rows} rows, format {describe_format(self.format)}; {self.pairs} pairs kept"]
+        lines = [f"{self.source}: {self.rows} row{'s' if self.rows != 1 else ''}, format {describe_format(self.format)}; "
+                 f"{self.pairs} pair{'s' if self.pairs != 1 else ''} kept"]
         labels = {"error": "error" if on_bad_row == "error" else "skipped (bad row)",
                   "warning": "warning, dropped", "note": "note, kept"}
         for level in ("error", "warning", "note"):

@@ -103,60 +103,10 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask(label: str, stream, interactive: bool) -> str | None:
-    if interactive:
-        print(f"{label}: ", end="", flush=True)
-    line = stream.readline()
-    if not line:
-        return None
-    return line.rstrip("\n")
-
-
-def _check_writable(path: Path) -> None:
-    """Open ``path`` for appending (creating its folder) and close it again; an OSError says why not."""
-    existed = path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8"):
-        pass
-    if not existed:
-        path.unlink()  # written again with the first pair; no empty file when none is added
-
-
 def cmd_data_add(args: argparse.Namespace) -> int:
-    """Prompt / chosen / rejected, one after another, until "done" or end of input."""
-    from dpokit.data.jsonl import write_jsonl
+    from dpokit.data.add import cmd_data_add as add
 
-    with naming(args.output):
-        _check_writable(Path(args.output))  # before any typing: a pair typed in must not be lost
-    stream = sys.stdin
-    interactive = stream.isatty()
-    if interactive:
-        print(f'Adding preference pairs to {args.output}. Type "done" as the prompt to finish.')
-    added = skipped = 0
-    while True:
-        prompt = _ask("Prompt", stream, interactive)
-        if prompt is None or prompt.strip().lower() == "done":
-            break
-        chosen = _ask("Chosen (better) response", stream, interactive)
-        rejected = _ask("Rejected (worse) response", stream, interactive)
-        if chosen is None or rejected is None:
-            print("input ended in the middle of a pair; that pair was not saved", file=sys.stderr)
-            break
-        problem = None
-        if not prompt.strip() or not chosen.strip() or not rejected.strip():
-            problem = "prompt, chosen and rejected must all be non-empty"
-        elif chosen.strip() == rejected.strip():
-            problem = "chosen and rejected are the same"
-        if problem:
-            print(f"skipped: {problem}", file=sys.stderr)
-            skipped += 1
-            continue
-        with naming(args.output):
-            write_jsonl(args.output, [{"prompt": prompt, "chosen": chosen, "rejected": rejected}], append=True)
-        added += 1
-    print(f"added {added} pair{'s' if added != 1 else ''} to {args.output}"
-          + (f" ({skipped} skipped)" if skipped else ""))
-    return 0
+    return add(args.output)
 
 
 def read_prompts(path: Path) -> list[str]:

@@ -53,3 +53,25 @@ def test_early_stopping_needs_eval_data(tmp_path, llama_dir, capsys):
                  "--early-stopping-patience", "2", "--progress", "false"])
     err = capsys.readouterr().err
     assert code == 2 and "no evaluation data" in err and "--eval-fraction" in err
+
+
+def test_the_best_checkpoint_is_kept_out_of_the_rotation_and_named(tmp_path, llama_dir, capsys):
+    """Without ``load_best_model_at_end`` the run still names its best checkpoint at the end, the one
+    that ``save_total_limit`` kept besides the newest. The learning rate is far too high, so the eval
+    loss jumps about and its best falls inside the run."""
+    data = tmp_path / "d.jsonl"
+    assert main(["data", "sample", "--output", str(data), "--n", "24"]) == 0
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--model", str(llama_dir), "--output", str(out), "--steps", "6",
+                 "--save-steps", "1", "--save-total-limit", "1", "--eval-steps", "2", "--eval-fraction", "0.2",
+                 "--logging-steps", "1", "--batch-size", "2", "--grad-accum", "2", "--lr", "5e-2", "--scheduler",
+                 "constant", "--warmup-steps", "0", "--max-length", "96", "--precision", "fp32", "--device", "cpu",
+                 "--progress", "false"]) == 0
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r and r["step"]}
+    best = min(evals, key=evals.get)
+    assert best < 6, evals  # inside the run: a checkpoint holds it
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == sorted({f"checkpoint-{best}", "checkpoint-5"})
+    assert f"best checkpoint: {out / f'checkpoint-{best}'} (eval_loss {evals[best]:.6g} at step {best})" in printed

@@ -108,6 +108,10 @@ class Watch:
         model and the logs copied to the mirror."""
         if self.margins is not None:
             self.margins.close()
+        best = self.best_checkpoint(run.out_dir)
+        if best is not None and not run.config.train.load_best_model_at_end:  # else `load_best` names it
+            run.log.print(f"best checkpoint: {best} ({self.stopper.metric} {self.stopper.best_value:.6g} at step "
+                          f"{self.stopper.best_step})")
         if run.task.unit == "pairs":
             try:
                 write_model_card(final, run.config, len(run.task.train), len(run.task.eval), run.out_dir,

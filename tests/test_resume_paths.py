@@ -57,3 +57,21 @@ def test_qlora_resumed_run_equals_the_straight_run(tmp_path, llama_dir):
     shutil.copytree(saved, resumed / "checkpoint-3")
     assert main(["train", *args, "--output", str(resumed), "--resume", "latest"]) == 0
     assert_same_run(straight, resumed, 3)
+
+
+@pytest.mark.parametrize("strategy", ["model", "none"])
+def test_resumed_run_equals_the_straight_run_with_the_other_references(tmp_path, llama_dir, gpt2_dir, strategy,
+                                                                      capsys):
+    """A separate reference model (`--ref-model`) and no reference (SimPO): neither changes during
+    the run, so the checkpoint holds nothing of it and the resumed run still equals the straight one."""
+    data = write_pairs(tmp_path / "d.jsonl")
+    flags = ["--ref-model", str(gpt2_dir)] if strategy == "model" else ["--loss-type", "simpo"]
+    args = [*common(data, llama_dir), *flags]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(["train", *args, "--output", str(straight)]) == 0
+    assert not (straight / "checkpoint-3" / "reference.safetensors").exists()
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    assert main(["train", *args, "--output", str(resumed), "--resume", "latest"]) == 0
+    banner = [line for line in capsys.readouterr().out.splitlines() if "resuming" in line]
+    assert len(banner) == 1 and ("separate model" if strategy == "model" else "loss simpo") in banner[0], banner
+    assert_same_run(straight, resumed, 3)

@@ -160,3 +160,24 @@ def test_reports_escape_what_the_models_wrote():
     assert "Why &lt;b&gt;?" in page
     md = to_markdown(result)
     assert "a \\| b" in md and "line one<br>line two" in md
+
+
+def test_html_report_fits_a_phone_screen_without_sideways_scrolling(tmp_path):
+    """At a phone's width (390 CSS px) nothing in the page reaches past the screen's edge, even an
+    unbroken 200-character answer, a long model path and a long prompt. Measured by Chromium's layout:
+    headless windows are at least 500 px wide (narrow enough for the one-column layout), so a copy of
+    the report is held to 390 px and gets a script (the report itself has none) that writes the
+    right-most edge of any element into the DOM, which `--dump-dom` returns."""
+    result = _result("x" * 200, "short reference answer " * 30)
+    result["model"] = "/very/long/path/to/a/run/" + "checkpoints/" * 12 + "final"
+    result["items"][0]["prompt"] = "Why " + "does-this-wrap-" * 20 + "?"
+    probe = ("<script>let right = 0; for (const e of document.querySelectorAll('body *')) "
+             "right = Math.max(right, e.getBoundingClientRect().right); "
+             "document.body.setAttribute('data-right', Math.ceil(right));</script>")
+    html = render(result).replace("</head>", "<style>html { width: 390px; }</style></head>")
+    page = tmp_path / "report.html"
+    page.write_text(html.replace("</body>", probe + "</body>"), encoding="utf-8")
+    dom = _chromium(["--window-size=500,844", "--dump-dom", page.as_uri()], tmp_path).stdout
+    found = re.search(r'data-right="(\d+)"', dom)
+    assert found, dom[-2000:]
+    assert 300 < int(found.group(1)) <= 390

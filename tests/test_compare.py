@@ -165,8 +165,8 @@ def test_reports_escape_what_the_models_wrote():
 def test_html_report_fits_a_phone_screen_without_sideways_scrolling(tmp_path):
     """At a phone's width (390 CSS px) nothing in the page reaches past the screen's edge, even an
     unbroken 200-character answer, a long model path and a long prompt. Measured by Chromium's layout:
-    headless windows are at least 500 px wide (narrow enough for the one-column layout), so a copy of
-    the report is held to 390 px and gets a script (the report itself has none) that writes the
+    under `--dump-dom` the headless window is at least 500 px wide (narrow enough for the one-column
+    layout), so a copy of the report is held to 390 px and gets a script (the report itself has none) that writes the
     right-most edge of any element into the DOM, which `--dump-dom` returns."""
     result = _result("x" * 200, "short reference answer " * 30)
     result["model"] = "/very/long/path/to/a/run/" + "checkpoints/" * 12 + "final"

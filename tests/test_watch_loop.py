@@ -75,3 +75,42 @@ def test_the_best_checkpoint_is_kept_out_of_the_rotation_and_named(tmp_path, lla
     assert best < 6, evals  # inside the run: a checkpoint holds it
     assert sorted(p.name for p in out.glob("checkpoint-*")) == sorted({f"checkpoint-{best}", "checkpoint-5"})
     assert f"best checkpoint: {out / f'checkpoint-{best}'} (eval_loss {evals[best]:.6g} at step {best})" in printed
+
+
+def test_the_watchs_state_through_a_checkpoint_decides_as_an_uninterrupted_run():
+    """What a checkpoint keeps of the watch (its JSON `state_dict`): the diagnostics' rows and the
+    warnings already given, and the early stopper. A run resumed between the windows of a diverging
+    margin warns at the same step as the run that never stopped, and never repeats a warning."""
+    from dpokit.config import Config
+    from dpokit.diagnostics import Diagnostics
+    from dpokit.watch import Watch
+
+    def watch(printed: list[str]) -> Watch:
+        return Watch(Config(), True, Diagnostics(total_steps=200, warmup_steps=20, print_fn=printed.append), None)
+
+    def row(step: int, loss: float, margin: float) -> dict:
+        return {"step": step, "loss": loss, "rewards/margins": margin, "rewards/chosen": 0.0}
+
+    # 1.2 above ln 2 after warmup: the loss is rising; then three margins below the first one.
+    rows = [row(1, 0.693, 0.0), row(30, 0.70, -0.05), row(40, 0.95, -0.5), row(50, 1.85, -1.2), row(60, 1.9, -1.3)]
+    evals = [(30, 0.7), (50, 0.9)]
+    whole_printed: list[str] = []
+    whole = watch(whole_printed)
+    fired = [(r["step"], m) for r in rows for m in whole.diagnostics.observe(r)]
+    for step, loss in evals:
+        whole.evaluated({"step": step, "eval_loss": loss, "eval_rewards/margins": 0.0})
+    assert any("reward margin" in m for _, m in fired)
+
+    first_printed: list[str] = []
+    first = watch(first_printed)
+    before = [(r["step"], m) for r in rows[:3] for m in first.diagnostics.observe(r)]
+    first.evaluated({"step": 30, "eval_loss": 0.7, "eval_rewards/margins": 0.0})
+    state = json.loads(json.dumps(first.state_dict()))  # as trainer_state.json holds it
+    resumed_printed: list[str] = []
+    resumed = watch(resumed_printed)
+    resumed.load_state_dict(state)
+    after = [(r["step"], m) for r in rows[3:] for m in resumed.diagnostics.observe(r)]
+    resumed.evaluated({"step": 50, "eval_loss": 0.9, "eval_rewards/margins": 0.0})
+    assert before + after == fired and first_printed + resumed_printed == whole_printed
+    assert resumed.state_dict() == whole.state_dict()
+    assert (resumed.stopper.best_step, resumed.stopper.best_value) == (30, 0.7)

@@ -42,6 +42,8 @@ def test_early_stopping_keeps_and_loads_the_best_checkpoint(tmp_path, tiny_dir, 
     assert (mirror / "dpo_model" / "model.safetensors").is_file() and (mirror / "logs" / "metrics.jsonl").is_file()
     card = ModelCard.load(out / "final" / "README.md")
     assert card.data.base_model == str(tiny_dir) and "dpo" in card.data.tags
+    assert f"holds the weights of step {best}, the best evaluation" in card.text  # its table is of that step
+    assert f"eval of step {best} (`metrics.jsonl`)" in card.text
     train_rows = [r for r in rows if "loss" in r]
     assert all(r["mfu"] > 0 and r["seconds_per_step"] > 0 for r in train_rows)
 

@@ -115,12 +115,20 @@ class Watch:
         if run.task.unit == "pairs":
             try:
                 write_model_card(final, run.config, len(run.task.train), len(run.task.eval), run.out_dir,
-                                 reference=run.task.describe())
+                                 reference=run.task.describe(), best_step=self.final_step(run, best))
             except (OSError, DpokitError) as e:  # the model itself is saved; say what is missing
                 run.log.print(f"warning: no model card in {final}: {e}")
         if self.mirror is not None:
             self.mirror.final(final)
             self.mirror.logs(run.out_dir)
+
+    def final_step(self, run: Run, best: Path | None) -> int | None:
+        """The step whose weights ``final/`` holds when ``load_best_model_at_end`` made it the best
+        evaluation's (its checkpoint was loaded, or the last step was the best); else None."""
+        step = self.stopper.best_step
+        if not run.config.train.load_best_model_at_end or step is None:
+            return None
+        return step if best is not None or step == run.state.step else None
 
     def close(self) -> None:
         if self.margins is not None:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_resume import assert_same_run, common, write_pairs
 
 

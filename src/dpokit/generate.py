@@ -297,16 +297,21 @@ def auto_batch_size(model: Any, tokens_per_row: int, device: torch.device) -> in
         return 8
     from dpokit.logps import text_config
 
-    config = text_config(model.config)
+    free, _ = torch.cuda.mem_get_info(device)
+    return rows_that_fit(text_config(model.config), next(model.parameters()).element_size(), tokens_per_row, free)
+
+
+def rows_that_fit(config: Any, element_size: int, tokens_per_row: int, free_bytes: int) -> int:
+    """Rows of ``tokens_per_row`` tokens that fit in 70% of ``free_bytes`` (1 to 512): per token, the
+    keys and values of every layer and ~16 hidden-size activations of the prefill; per row, the fp32
+    logits and the sampling noise over the vocabulary (4 tensors of 4 bytes)."""
     hidden = config.hidden_size
     heads = getattr(config, "num_attention_heads", 1)
     kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or hidden // heads
-    size = next(model.parameters()).element_size()
-    per_token = 2 * config.num_hidden_layers * kv * head_dim * size + 16 * hidden * size
+    per_token = 2 * config.num_hidden_layers * kv * head_dim * element_size + 16 * hidden * element_size
     per_row = tokens_per_row * per_token + 4 * 4 * config.vocab_size
-    free, _ = torch.cuda.mem_get_info(device)
-    return max(1, min(512, int(0.7 * free / per_row)))
+    return max(1, min(512, int(0.7 * free_bytes / per_row)))
 
 
 def complete(model: Any, tokenizer: Any, prompts: list[Any], sampling: SamplingConfig,

@@ -108,15 +108,27 @@ class Watch:
         model and the logs copied to the mirror."""
         if self.margins is not None:
             self.margins.close()
+        best = self.best_checkpoint(run.out_dir)
+        if best is not None and not run.config.train.load_best_model_at_end:  # else `load_best` names it
+            run.log.print(f"best checkpoint: {best} ({self.stopper.metric} {self.stopper.best_value:.6g} at step "
+                          f"{self.stopper.best_step})")
         if run.task.unit == "pairs":
             try:
                 write_model_card(final, run.config, len(run.task.train), len(run.task.eval), run.out_dir,
-                                 reference=run.task.describe())
+                                 reference=run.task.describe(), best_step=self.final_step(run, best))
             except (OSError, DpokitError) as e:  # the model itself is saved; say what is missing
                 run.log.print(f"warning: no model card in {final}: {e}")
         if self.mirror is not None:
             self.mirror.final(final)
             self.mirror.logs(run.out_dir)
+
+    def final_step(self, run: Run, best: Path | None) -> int | None:
+        """The step whose weights ``final/`` holds when ``load_best_model_at_end`` made it the best
+        evaluation's (its checkpoint was loaded, or the last step was the best); else None."""
+        step = self.stopper.best_step
+        if not run.config.train.load_best_model_at_end or step is None:
+            return None
+        return step if best is not None or step == run.state.step else None
 
     def close(self) -> None:
         if self.margins is not None:

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from dpokit import dist
-from dpokit.errors import DpokitError, os_error_message
+from dpokit.errors import RuntimeFault, os_error_message
 
 PAUSE_ENV = "DPOKIT_CHECKPOINT_PAUSE"  # fault injection: seconds the writer waits between files (tests)
 MARKER = "checkpoint_complete.json"
 
 
-class SaveError(DpokitError):
+class SaveError(RuntimeFault):
     """A checkpoint or model that could not be written; what was there before is kept."""
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dpokit.errors import DpokitError, os_error_message
+from dpokit.errors import DpokitError
 
 SFT_HELP = """Supervised fine-tuning, the stage before DPO. Data (--data): {prompt, completion} rows,
 {messages} conversations (assistant turns are trained), or preference pairs (the chosen answers).
@@ -264,7 +264,11 @@ def unknown_argument_message(extra: list[str], parser: argparse.ArgumentParser) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command; every failure ends in `error:` and `fix:` lines (``failures.py``)."""
+    from dpokit.failures import debug_wanted, report
+
+    argv, debug = debug_wanted(sys.argv[1:] if argv is None else argv)
+    command = " ".join(argv[:2] if argv[:1] == ["data"] else argv[:1]).strip()
     try:
         if argv and argv[0] in ("train", "sft"):
             return cmd_train(argv[1:], argv[0])
@@ -276,12 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             raise DpokitError(unknown_argument_message(extra, args.parser))
         return args.func(args)
-    except DpokitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a path the user gave that cannot be read or written
-        print(f"error: {os_error_message(e)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit:
+        raise  # argparse's usage errors and --help
+    except Exception as e:  # noqa: BLE001 (the boundary: the user sees `error:` / `fix:`, never a traceback)
+        return report(e, command if not command.startswith("-") else "", debug)

@@ -34,7 +34,8 @@ from dpokit.errors import ConfigError, DpokitError
 from dpokit.intervals import Intervals
 from dpokit.logps import SequenceScorer, compile_decoder
 from dpokit.losses import resolve_loss_config
-from dpokit.models import autocast, load_policy, load_tokenizer, resolve_device, resolve_precision
+from dpokit.modelcheck import fit_context
+from dpokit.models import TINY, autocast, load_policy, load_tokenizer, resolve_device, resolve_precision
 from dpokit.optim import (
     build_optimizer,
     build_scheduler,
@@ -86,6 +87,8 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
         checkpoint.check_output_dir(out_dir, resume_from is not None, log.print)
 
     job.model_config = resolve(config.model)  # ``tiny``: the built-in model's directory
+    fit_context(config.data, job.model_config.weights or job.model_config.name_or_path,
+                config.model.name_or_path == TINY, log.print, trust_remote_code=config.model.trust_remote_code)
     tokenizer = load_tokenizer(job.model_config)
     if config.data.chat_template:
         tokenizer.chat_template = config.data.chat_template

@@ -175,3 +175,17 @@ def fit_context(data, source: str, builtin: bool, say, flag: str = "--model", tr
     say(f"note: --max-length {data.max_length} is past {whose} {positions} positions; using --max-length "
         f"{positions}")
     data.max_length = positions
+
+
+def check_weights_outside(weights: str | None, out_dir: Path, resuming: bool) -> None:
+    """Refuse a run that starts from weights its own output would replace: ``--weights OUT/final`` or
+    ``OUT/checkpoint-N`` with ``--output OUT`` (a fresh run writes ``checkpoint-N`` and ``final/``
+    there, so the weights it started from would be overwritten or rotated away)."""
+    if not weights or resuming:
+        return
+    source, out = Path(weights).expanduser().resolve(), out_dir.expanduser().resolve()
+    if source == out or out not in source.parents:
+        return
+    raise ConfigError(f"--weights {weights} lies in --output {out_dir}, which this run writes: its checkpoints and "
+                      "final/ would replace the weights it starts from\n  fix: pass a new --output (for example "
+                      f"{out_dir}-continued), or add --resume latest to continue that run itself")

@@ -39,6 +39,7 @@ from dpokit.losses import LossSpec, beta_at, get_loss, needs_prompt_logps, resol
 from dpokit.models import autocast, load_model, load_tokenizer, resolve_device, resolve_precision
 from dpokit.reference import FrozenModel, Reference, Zeros
 from dpokit.tasks.preference import PairMetrics, PairOutput, loss_inputs  # the training metrics' own code
+from dpokit.writable import check_writable
 
 RUN_CONFIG = "dpokit_config.yaml"  # saved beside every dpokit model (`checkpoint.save_final`)
 RUN_STATE = "trainer_state.json"
@@ -209,6 +210,9 @@ def _loss_config(saved: Config | None, args: Any) -> LossConfig:
 
 def evaluate_model(args: Any, log=print) -> dict[str, Any]:
     """Run ``dpokit eval`` (``args`` as `eval_cli` parses them); returns what ``--output`` saves."""
+    from dpokit.generate import model_source
+
+    model_source(args.model, "--model")  # a missing, empty or corrupt model directory fails first
     saved = saved_config(args.model, log)
     loss_cfg = _loss_config(saved, args)
     beta = args.beta if args.beta is not None else (
@@ -301,6 +305,8 @@ def run(args: Any) -> int:
         raise ConfigError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.buckets < 1:
         raise ConfigError(f"--buckets must be at least 1 (got {args.buckets})")
+    if args.output:
+        check_writable(args.output)  # before the models load
     result = evaluate_model(args)
     print(format_result(result))
     if args.output:

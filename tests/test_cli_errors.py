@@ -18,7 +18,7 @@ from dpokit.errors import ConfigError
 def one_error_line(capsys) -> str:
     """The single `error:` line the command printed, followed by its `fix:` line (no traceback)."""
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line.strip() for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err and len(lines) == 2, err
     assert lines[0].startswith("error: ") and lines[1].startswith("fix: "), err
     return lines[0]
@@ -94,7 +94,7 @@ def test_train_oserror_anywhere_is_one_line(tmp_path, tiny_dir, monkeypatch, cap
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.splitlines()[-2].startswith(f"error: {blocker}") and "not a directory" in err.splitlines()[-2]
-    assert err.splitlines()[-1].startswith("fix: ")
+    assert err.splitlines()[-1].startswith("  fix: ")
 
 
 # ---- generate -----------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def test_no_traceback(command, fault, world, tmp_path, capsys, monkeypatch):
     out = world["unwritable"] if fault == "unwritable" else tmp_path / "out"
     code = main(argv_for(command, model, out, world))
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line.strip() for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err and code == 2, err
     assert lines[-2].startswith("error: ") and lines[-1].startswith("fix: "), err
     named = world["a_file"] if fault == "unwritable" else model
@@ -111,6 +111,6 @@ def test_the_real_entry_point_agrees(world, tmp_path):
             for fault in ("missing", "empty", "corrupt", "unwritable")}
     for fault, run in runs.items():
         _, err = run.communicate(timeout=120)
-        lines = err.strip().splitlines()
+        lines = [line.strip() for line in err.strip().splitlines()]
         assert run.returncode == 2 and "Traceback" not in err, (fault, err)
         assert lines[-2].startswith("error: ") and lines[-1].startswith("fix: "), (fault, err)

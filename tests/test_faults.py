@@ -28,7 +28,7 @@ def write_pairs(path: Path, n: int = 16, seed: int = 0) -> Path:
 
 def error_and_fix(err: str) -> tuple[str, str]:
     """The last two lines of stderr: exactly one `error:` line, then its `fix:` line; no traceback."""
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line.strip() for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err and len(lines) >= 2, err
     assert lines[-2].startswith("error: ") and lines[-1].startswith("fix: "), err
     assert sum(line.startswith("error: ") for line in lines) == 1, err
@@ -318,3 +318,16 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, tiny_
     assert run.returncode == 130 and "Traceback" not in err, err[-2000:]
     [found] = out.glob("checkpoint-*")
     assert (found / "checkpoint_complete.json").is_file() and "--resume latest" in err
+
+
+def test_a_full_cache_names_its_path_and_leaves_no_half_entry(tmp_path, tiny_dir, small_disk, monkeypatch, capsys):
+    cache = small_disk(64 * 1024)
+    (cache / "filler").write_bytes(b"\0" * (56 * 1024))  # 8k left: less than the tokenized pairs need
+    monkeypatch.setenv("DPOKIT_CACHE", str(cache))
+    data = write_pairs(tmp_path / "d.jsonl", n=200)
+    assert main(train_args(data, tiny_dir, tmp_path / "out")) == 1
+    error, fix = error_and_fix(capsys.readouterr().err)
+    assert f"cannot write the tokenized cache entry {cache / 'tokenized'}/" in error and "no space left" in error
+    assert "DPOKIT_CACHE" in fix and "--tokenized-cache false" in fix
+    assert not [p for p in cache.rglob("*") if ".tmp" in p.name]
+    assert not (tmp_path / "out").exists()  # failed before training: no empty output directory

@@ -212,7 +212,6 @@ def evaluate_model(args: Any, log=print) -> dict[str, Any]:
     """Run ``dpokit eval`` (``args`` as `eval_cli` parses them); returns what ``--output`` saves."""
     from dpokit.generate import model_source
 
-    model_source(args.model, "--model")  # a missing, empty or corrupt model directory fails first
     saved = saved_config(args.model, log)
     loss_cfg = _loss_config(saved, args)
     beta = args.beta if args.beta is not None else (
@@ -229,6 +228,7 @@ def evaluate_model(args: Any, log=print) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     pairs = load_pairs(data, log)  # bad data stops us before a model loads
+    model_source(args.model, "--model")  # then a missing, empty or corrupt model directory
 
     ref_name = args.ref or run_reference(saved)
     if loss.needs_reference and ref_name is None:

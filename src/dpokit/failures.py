@@ -1,7 +1,7 @@
 """The program's one error policy, applied where every command ends (``cli.main``).
 
-Every failure ends in an ``error:`` line that names the thing (path, key, value) and a ``fix:``
-line, without a traceback; the exit code is 2 for the user's mistakes (`DpokitError`: bad files,
+Every failure ends in an ``error:`` line that names the thing (path, key, value) and an indented
+``fix:`` line, without a traceback; the exit code is 2 for the user's mistakes (`DpokitError`: bad files,
 bad values, models that cannot be loaded, paths that cannot be read or written) and 1 for faults met
 while running (`RuntimeFault`: a full disk, too little memory, a diverged run, a failed process of the
 run, and anything unexpected). ``--debug`` (anywhere on the command line) or ``DPOKIT_DEBUG=1``
@@ -19,7 +19,7 @@ from dpokit.errors import DpokitError, RuntimeFault, os_error_message
 
 DEBUG_FLAG = "--debug"
 RUNTIME_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.ENOMEM}  # the machine's state, not the input
-OOM_FIX = ("fix: lower --batch-size (and raise --grad-accum to keep the step), lower --max-length, turn on "
+OOM_FIX = ("  fix: lower --batch-size (and raise --grad-accum to keep the step), lower --max-length, turn on "
            "--gradient-checkpointing true, train LoRA adapters (--lora true), or use a smaller model")
 
 
@@ -33,7 +33,7 @@ def debug_wanted(argv: list[str]) -> tuple[list[str], bool]:
 
 def _generic_fix(command: str) -> str:
     where = f"`dpokit {command} --help`" if command else "`dpokit --help`"
-    return f"fix: correct what the line above names ({where} lists every option and its default)"
+    return f"  fix: correct what the line above names ({where} lists every option and its default)"
 
 
 def describe(error: BaseException, command: str = "") -> tuple[str, int]:
@@ -46,7 +46,7 @@ def describe(error: BaseException, command: str = "") -> tuple[str, int]:
             head, _, fix = text.partition("\nfix: ")
         head = head.rstrip()
         if fix:
-            return f"error: {head}\nfix: {fix.strip()}", code
+            return f"error: {head}\n  fix: {fix.strip()}", code
         return f"error: {head}\n{_generic_fix(command)}", code
     if torch is not None and isinstance(error, torch.OutOfMemoryError):
         first = " ".join(str(error).split())[:200]
@@ -60,13 +60,13 @@ def describe(error: BaseException, command: str = "") -> tuple[str, int]:
         fix = hint[:-1] if hint else "check the path and its permissions, or choose another"
         if error.errno == errno.ENOSPC:
             fix = "free disk space there, or choose a path on a disk with room (DPOKIT_CACHE moves the cache)"
-        return f"error: {head or line}\nfix: {fix}", code
+        return f"error: {head or line}\n  fix: {fix}", code
     if torch is not None and _is_dist_error(error):
         first = " ".join(str(error).split())[:200]
-        return (f"error: a process of the run failed or was killed ({type(error).__name__}: {first})\nfix: the "
+        return (f"error: a process of the run failed or was killed ({type(error).__name__}: {first})\n  fix: the "
                 "first error printed above (of that rank) says why; fix it and resume with --resume latest"), 1
     first = " ".join(str(error).split())[:300] or "(no message)"
-    return (f"error: unexpected {type(error).__name__}: {first}\nfix: rerun with --debug (or DPOKIT_DEBUG=1) "
+    return (f"error: unexpected {type(error).__name__}: {first}\n  fix: rerun with --debug (or DPOKIT_DEBUG=1) "
             "for the traceback, and report it with the command line"), 1
 
 

@@ -71,18 +71,23 @@ def save_entry(directory: Path, pairs: list[TokenizedPair], stats: TokenizeStats
     """Write one entry atomically (a temporary directory, then a rename)."""
     import numpy as np
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    arrays: dict[str, Any] = {}
-    for part in ("prompt_ids", "chosen_ids", "rejected_ids"):
-        seqs = [getattr(p, part) for p in pairs]
-        arrays[part] = np.fromiter((t for s in seqs for t in s), dtype=np.int64)
-        arrays[part + "_offsets"] = np.cumsum([0] + [len(s) for s in seqs], dtype=np.int64)
-    np.savez(tmp / "ids.npz", **arrays)
-    meta = {"stats": stats.to_dict(), "sources": [p.meta.get("source", "") for p in pairs], "created": time.time()}
-    (tmp / "stats.json").write_text(json.dumps(meta), encoding="utf-8")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        arrays: dict[str, Any] = {}
+        for part in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            seqs = [getattr(p, part) for p in pairs]
+            arrays[part] = np.fromiter((t for s in seqs for t in s), dtype=np.int64)
+            arrays[part + "_offsets"] = np.cumsum([0] + [len(s) for s in seqs], dtype=np.int64)
+        np.savez(tmp / "ids.npz", **arrays)
+        meta = {"stats": stats.to_dict(), "sources": [p.meta.get("source", "") for p in pairs], "created": time.time()}
+        (tmp / "stats.json").write_text(json.dumps(meta), encoding="utf-8")
+    except OSError as e:  # a full disk, most often: say where, and leave no half entry
+        from dpokit.writable import cache_full
+
+        raise cache_full(directory, tmp, e, "tokenized", "turn the cache off with --tokenized-cache false") from None
     try:
         os.replace(tmp, directory)
     except OSError:  # another process wrote the same entry first

@@ -331,3 +331,20 @@ def test_a_full_cache_names_its_path_and_leaves_no_half_entry(tmp_path, tiny_dir
     assert "DPOKIT_CACHE" in fix and "--tokenized-cache false" in fix
     assert not [p for p in cache.rglob("*") if ".tmp" in p.name]
     assert not (tmp_path / "out").exists()  # failed before training: no empty output directory
+
+
+def test_resuming_from_a_damaged_checkpoint_names_the_file(tmp_path, tiny_dir, capsys):
+    data = write_pairs(tmp_path / "d.jsonl")
+    out = tmp_path / "out"
+    args = train_args(data, tiny_dir, out, "--save-steps", "1")
+    args[args.index("--steps") + 1] = "3"
+    straight = tmp_path / "straight"
+    assert main([*args[:-4], "--output", str(straight), "--save-steps", "1"]) == 0
+    shutil.copytree(straight / "checkpoint-2", out / "checkpoint-2")
+    weights = out / "checkpoint-2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4096])
+    capsys.readouterr()
+    assert main([*args, "--resume", "latest"]) == 2
+    error, fix = error_and_fix(capsys.readouterr().err)
+    assert f"--resume: {weights} is cut short" in error and "another checkpoint" in fix
+    assert weights.stat().st_size == 4096  # left for the user to look at

@@ -36,7 +36,8 @@ from dpokit.data.sources import main_spec, read_prepared, read_source
 from dpokit.errors import ConfigError, DpokitError
 from dpokit.logps import SequenceScorer, layout_for
 from dpokit.losses import LossSpec, beta_at, get_loss, needs_prompt_logps, resolve_loss_config
-from dpokit.models import autocast, load_model, load_tokenizer, resolve_device, resolve_precision
+from dpokit.modelcheck import fit_context
+from dpokit.models import TINY, autocast, load_model, load_tokenizer, resolve_device, resolve_precision
 from dpokit.reference import FrozenModel, Reference, Zeros
 from dpokit.tasks.preference import PairMetrics, PairOutput, loss_inputs  # the training metrics' own code
 from dpokit.writable import check_writable
@@ -236,6 +237,7 @@ def evaluate_model(args: Any, log=print) -> dict[str, Any]:
                           "compares with one\n  fix: pass --ref START_MODEL (the model training started from), "
                           "or --ref none for reference log-probs of 0")
     policy_cfg = _model_config(args.model, saved, args)
+    fit_context(data, policy_cfg.name_or_path, args.model == TINY, log, trust_remote_code=args.trust_remote_code)
     device = resolve_device(args.device)
     precision = resolve_precision(policy_cfg.precision, device)
     tokenizer = load_tokenizer(policy_cfg)

@@ -19,8 +19,8 @@ from dpokit.errors import DpokitError, RuntimeFault, os_error_message
 
 DEBUG_FLAG = "--debug"
 RUNTIME_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.ENOMEM}  # the machine's state, not the input
-OOM_FIX = ("  fix: lower --batch-size (and raise --grad-accum to keep the step), lower --max-length, turn on "
-           "--gradient-checkpointing true, train LoRA adapters (--lora true), or use a smaller model")
+OOM_FIX = ("  fix: lower --batch-size (and raise --grad-accum to keep the step), lower --max-length, keep "
+           "--gradient-checkpointing true (the default), train LoRA adapters (--lora true), or use a smaller model")
 
 
 def debug_wanted(argv: list[str]) -> tuple[list[str], bool]:

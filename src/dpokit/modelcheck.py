@@ -189,3 +189,9 @@ def check_weights_outside(weights: str | None, out_dir: Path, resuming: bool) ->
     raise ConfigError(f"--weights {weights} lies in --output {out_dir}, which this run writes: its checkpoints and "
                       "final/ would replace the weights it starts from\n  fix: pass a new --output (for example "
                       f"{out_dir}-continued), or add --resume latest to continue that run itself")
+
+
+def check_saved_weights(path: Path, flag: str = "--resume") -> None:
+    """Each safetensors file of a saved checkpoint whole (whatever its layout), before it loads."""
+    for weights in sorted(path.rglob("*.safetensors")):
+        check_safetensors(weights, flag)

@@ -34,7 +34,7 @@ from dpokit.errors import ConfigError, RuntimeFault
 from dpokit.intervals import Intervals
 from dpokit.logps import SequenceScorer, compile_decoder
 from dpokit.losses import resolve_loss_config
-from dpokit.modelcheck import check_weights_outside, fit_context
+from dpokit.modelcheck import check_saved_weights, check_weights_outside, fit_context
 from dpokit.models import TINY, autocast, load_policy, load_tokenizer, resolve_device, resolve_precision
 from dpokit.optim import (
     build_optimizer,
@@ -84,6 +84,8 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     resume_from = checkpoint.find(config.train.resume, out_dir) if config.train.resume else None
     resume_state = checkpoint.check_resumable(resume_from, job.name, given) if resume_from else None
     check_weights_outside(config.model.weights, out_dir, resume_from is not None)  # never overwrite the start
+    if resume_from is not None:  # its weights whole, before any model loads
+        check_saved_weights(resume_from)
     if info.is_main:  # a bad --output stops us here too
         checkpoint.check_output_dir(out_dir, resume_from is not None, log.print)
 

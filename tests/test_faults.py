@@ -348,3 +348,12 @@ def test_resuming_from_a_damaged_checkpoint_names_the_file(tmp_path, tiny_dir, c
     error, fix = error_and_fix(capsys.readouterr().err)
     assert f"--resume: {weights} is cut short" in error and "another checkpoint" in fix
     assert weights.stat().st_size == 4096  # left for the user to look at
+
+
+def test_an_unexpected_error_is_a_runtime_fault_pointing_at_debug():
+    from dpokit.failures import describe
+
+    text, code = describe(ZeroDivisionError("division by zero"), "train")
+    error, fix = (line.strip() for line in text.splitlines())
+    assert code == 1 and error == "error: unexpected ZeroDivisionError: division by zero"
+    assert fix.startswith("fix: rerun with --debug")

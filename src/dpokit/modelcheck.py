@@ -127,8 +127,9 @@ def context_length(source: str, trust_remote_code: bool = False) -> int | None:
     config cannot be read here: the load then says why)."""
     from transformers import AutoConfig
 
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    try:  # a hub id only from the local hub cache: no second wait for the network before the load's own
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                            local_files_only=not Path(source).expanduser().is_dir())
     except Exception:  # noqa: BLE001 (offline hub ids, remote code: the model load reports it)
         return None
     for candidate in (config, getattr(config, "text_config", None)):

@@ -107,6 +107,7 @@ def test_a_path_like_model_that_does_not_exist_fails_at_once_without_the_hub(tmp
     assert result.returncode == 2, result.stderr
     error, _ = error_and_fix(result.stderr)
     assert "--model dpo_checkpoints/nope does not exist" in error and "huggingface" not in result.stderr
+    assert "taken as a path because ./dpo_checkpoints is a directory here" in error
     assert time.monotonic() - start < 30  # the import of torch, not 48 s of retries
 
 

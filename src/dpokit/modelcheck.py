@@ -27,13 +27,20 @@ class ModelFileError(ConfigError):
     """A model directory that cannot be loaded: missing, empty, corrupt or incomplete (exit 2)."""
 
 
-def looks_local(name: str) -> bool:
-    """Whether ``name`` is meant as a local path rather than a hub id (``gpt2``, ``org/name``)."""
+def looks_local_by_shape(name: str) -> bool:
+    """Whether ``name``'s shape alone makes it a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``, a
+    training output's ``final`` or ``checkpoint-N``)."""
     if name.startswith((".", "/", "~")) or "\\" in name or os.sep != "/" and os.sep in name:
         return True
     stripped = name.rstrip("/")
-    if stripped.endswith("/final") or "checkpoint-" in stripped or stripped.count("/") > 1:
+    return stripped.endswith("/final") or "checkpoint-" in stripped or stripped.count("/") > 1
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a hub id (``gpt2``, ``org/name``)."""
+    if looks_local_by_shape(name):
         return True
+    stripped = name.rstrip("/")
     first = stripped.split("/", 1)[0]
     return "/" in stripped and Path(first).is_dir()  # OUT/nope beside an existing OUT/
 
@@ -46,8 +53,11 @@ def check_source(name: str, flag: str = "--model", tokenizer: bool = True) -> st
     if not local and not path.exists():
         return name
     if not path.exists():
+        first = name.rstrip("/").split("/", 1)[0]
+        why = (f"; taken as a path because ./{first} is a directory here (for the hub id, run elsewhere)"
+               if not looks_local_by_shape(name) else "")
         raise ModelFileError(f"{flag} {name} does not exist (no such directory; `dpokit train` saves its model in "
-                             "OUTPUT_DIR/final)\n  fix: pass an existing model directory, a hub id such as gpt2, "
+                             f"OUTPUT_DIR/final{why})\n  fix: pass an existing model directory, a hub id such as gpt2, "
                              "or tiny for the built-in model")
     check_model_dir(path, flag, tokenizer)
     return str(path)

@@ -358,3 +358,13 @@ def test_an_unexpected_error_is_a_runtime_fault_pointing_at_debug():
     error, fix = (line.strip() for line in text.splitlines())
     assert code == 1 and error == "error: unexpected ZeroDivisionError: division by zero"
     assert fix.startswith("fix: rerun with --debug")
+
+
+def test_a_non_finite_step_names_the_checkpoint_it_keeps(tmp_path, capsys):
+    data = write_pairs(tmp_path / "d.jsonl", n=32)
+    out = tmp_path / "out"
+    assert main(diverging(data, out, "--on-divergence", "warn", steps=40)) == 1  # warn: on until it breaks
+    error, fix = error_and_fix(capsys.readouterr().err)
+    assert "the run is stopped before the update" in error and "lower --lr" in fix
+    newest = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert f"the last checkpoint, {newest}, is intact" in error and not (out / "final").exists()

@@ -116,3 +116,12 @@ class Divergence:
         self.first_loss = state.get("first_loss")
         self.bad = list(state.get("bad") or [])
         self.last_good_step = int(state.get("last_good_step") or 0)
+
+
+def last_checkpoint(out_dir: Path) -> str:
+    """Which checkpoint a stopped run keeps, in words: "the last checkpoint, OUT/checkpoint-N, is
+    intact", or that none was saved."""
+    from dpokit.checkpoint import checkpoints
+
+    found = checkpoints(out_dir) if out_dir.is_dir() else []
+    return f"the last checkpoint, {found[-1]}, is intact" if found else "no checkpoint was saved yet"

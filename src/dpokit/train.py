@@ -30,6 +30,7 @@ import torch
 from dpokit import checkpoint, dist
 from dpokit.config import Config, TrainConfig
 from dpokit.data.stream import DataStream
+from dpokit.divergence import last_checkpoint
 from dpokit.errors import ConfigError, RuntimeFault
 from dpokit.intervals import Intervals
 from dpokit.logps import SequenceScorer, compile_decoder
@@ -173,8 +174,8 @@ def stop_if_not_finite(run: Run, bad_loss: float | None) -> None:
     if dist.any_true(bad_loss is not None):
         value = "not finite on another rank" if bad_loss is None else bad_loss
         raise RuntimeFault(
-            f"step {run.state.step + 1}: the loss is {value}; the run is stopped before the update, and the "
-            "last checkpoint is intact\n  fix: lower --lr or --beta, or use --precision fp32")
+            f"step {run.state.step + 1}: the loss is {value}; the run is stopped before the update, and "
+            f"{last_checkpoint(run.out_dir)}\n  fix: lower --lr or --beta, or use --precision fp32")
 
 
 def optimizer_step(run: Run) -> float:
@@ -191,7 +192,7 @@ def optimizer_step(run: Run) -> float:
     if not math.isfinite(grad_norm) and not run.scaler.is_enabled():
         raise RuntimeFault(
             f"step {run.state.step + 1}: the gradient norm is {grad_norm}; the run is stopped before the "
-            "update, and the last checkpoint is intact\n  fix: lower --lr (or --beta), or use --precision fp32")
+            f"update, and {last_checkpoint(run.out_dir)}\n  fix: lower --lr (or --beta), or use --precision fp32")
     run.scaler.step(run.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
     run.scaler.update()
     step_scheduler(run.scheduler)  # metric-driven schedules (reduce_lr_on_plateau) step at evaluations

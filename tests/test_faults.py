@@ -368,3 +368,14 @@ def test_a_non_finite_step_names_the_checkpoint_it_keeps(tmp_path, capsys):
     assert "the run is stopped before the update" in error and "lower --lr" in fix
     newest = max(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert f"the last checkpoint, {newest}, is intact" in error and not (out / "final").exists()
+
+
+def test_tiny_with_the_default_max_length_trains_with_a_note(tmp_path, capsys):
+    data = write_pairs(tmp_path / "d.jsonl")
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(data), "--model", "tiny", "--steps", "1", "--batch-size", "2",
+                 "--precision", "fp32", "--progress", "false", "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert ("note: --max-length 1024 is past the built-in tiny model's 512 positions; using --max-length 512"
+            in captured.out + captured.err)
+    assert "max_length: 512" in (out / "config.yaml").read_text()  # what ran

@@ -91,7 +91,12 @@ class Watch:
         self.divergence.observe(row, run.out_dir, run.log.print)  # before this step's checkpoint is saved
 
     def before_final(self, run: Run) -> None:
-        """A run that ends out of bounds stops here, before its ``final/`` (``divergence.py``)."""
+        """A run that ends out of bounds stops here, before its ``final/`` (``divergence.py``), unless
+        ``final/`` is the best checkpoint, saved while healthy (``load_best_model_at_end``)."""
+        best = self.stopper.best_step
+        if (run.config.train.load_best_model_at_end and best is not None and best <= self.divergence.last_good_step
+                and self.best_checkpoint(run.out_dir) is not None):
+            return
         self.divergence.at_end(run.out_dir, run.log.print)
 
     def evaluated(self, row: dict[str, Any]) -> bool:

@@ -379,3 +379,12 @@ def test_tiny_with_the_default_max_length_trains_with_a_note(tmp_path, capsys):
     assert ("note: --max-length 1024 is past the built-in tiny model's 512 positions; using --max-length 512"
             in captured.out + captured.err)
     assert "max_length: 512" in (out / "config.yaml").read_text()  # what ran
+
+
+@pytest.mark.parametrize("argv,needle", [(["generate", "--max-new-tokens", "x"], "invalid int value: 'x'"),
+                                         (["eval"], "the following arguments are required: --model, --data"),
+                                         (["nosuch"], "invalid choice: 'nosuch'")])
+def test_usage_errors_end_as_every_error_does(argv, needle, capsys):
+    assert main(argv) == 2
+    error, fix = error_and_fix(capsys.readouterr().err)
+    assert needle in error and "--help` lists its options" in fix

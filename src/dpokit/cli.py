@@ -198,12 +198,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors (a bad value, a missing option) end as every error does: `error:`
+    and `fix:` lines, exit 2. Subcommands' parsers are of the same class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise DpokitError(f"`{self.prog}`: {message}\n  fix: `{self.prog} --help` lists its options and values")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dpokit import __version__
     from dpokit.eval_cli import add_compare, add_eval, add_label
     from dpokit.plot import add_parser as plot_parser
 
-    parser = argparse.ArgumentParser(prog="dpokit", description="Align causal LMs with human preferences (DPO).")
+    parser = Parser(prog="dpokit", description="Align causal LMs with human preferences (DPO).")
     parser.add_argument("--version", action="version", version=f"dpokit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train with DPO (see `dpokit train --help`)", add_help=False)

@@ -101,6 +101,7 @@ def test_no_traceback(command, fault, world, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.safetensors"))
 
 
+@pytest.mark.slow
 def test_the_real_entry_point_agrees(world, tmp_path):
     """The same faults through `python -m dpokit`, as a user meets them (four processes at once)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}

@@ -96,6 +96,7 @@ def test_a_library_error_while_loading_keeps_its_whole_sentence(tmp_path, tiny_d
     assert "complete model directory" in fix
 
 
+@pytest.mark.slow
 def test_a_path_like_model_that_does_not_exist_fails_at_once_without_the_hub(tmp_path):
     """`dpo_checkpoints/nope` beside a real dpo_checkpoints/ is a path: no hub retries, even online."""
     (tmp_path / "dpo_checkpoints").mkdir()

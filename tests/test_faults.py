@@ -389,3 +389,13 @@ def test_usage_errors_end_as_every_error_does(argv, needle, capsys):
     assert main(argv) == 2
     error, fix = error_and_fix(capsys.readouterr().err)
     assert needle in error and "--help` lists its options" in fix
+
+
+def test_an_empty_safetensors_file_given_as_weights(tmp_path, tiny_dir, capsys):
+    start = shutil.copytree(tiny_dir, tmp_path / "start")
+    (start / "model.safetensors").write_bytes(b"")
+    data = write_pairs(tmp_path / "d.jsonl")
+    assert main(train_args(data, "tiny", tmp_path / "out", "--weights", str(start))) == 2
+    error, _ = error_and_fix(capsys.readouterr().err)
+    assert f"--weights: {start / 'model.safetensors'} is empty (0 bytes)" in error
+    assert not (tmp_path / "out").exists()

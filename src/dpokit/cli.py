@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dpokit.errors import DpokitError, os_error_message
+from dpokit.errors import DpokitError
 
 SFT_HELP = """Supervised fine-tuning, the stage before DPO. Data (--data): {prompt, completion} rows,
 {messages} conversations (assistant turns are trained), or preference pairs (the chosen answers).
@@ -148,12 +148,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors (a bad value, a missing option) end as every error does: `error:`
+    and `fix:` lines, exit 2. Subcommands' parsers are of the same class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise DpokitError(f"`{self.prog}`: {message}\n  fix: `{self.prog} --help` lists its options and values")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dpokit import __version__
     from dpokit.eval_cli import add_compare, add_eval, add_label
     from dpokit.plot import add_parser as plot_parser
 
-    parser = argparse.ArgumentParser(prog="dpokit", description="Align causal LMs with human preferences (DPO).")
+    parser = Parser(prog="dpokit", description="Align causal LMs with human preferences (DPO).")
     parser.add_argument("--version", action="version", version=f"dpokit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train with DPO (see `dpokit train --help`)", add_help=False)
@@ -214,7 +222,11 @@ def unknown_argument_message(extra: list[str], parser: argparse.ArgumentParser) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command; every failure ends in `error:` and `fix:` lines (``failures.py``)."""
+    from dpokit.failures import debug_wanted, report
+
+    argv, debug = debug_wanted(sys.argv[1:] if argv is None else argv)
+    command = " ".join(argv[:2] if argv[:1] == ["data"] else argv[:1]).strip()
     try:
         if argv and argv[0] in ("train", "sft"):
             return cmd_train(argv[1:], argv[0])
@@ -226,12 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             raise DpokitError(unknown_argument_message(extra, args.parser))
         return args.func(args)
-    except DpokitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a path the user gave that cannot be read or written
-        print(f"error: {os_error_message(e)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit:
+        raise  # argparse's usage errors and --help
+    except Exception as e:  # noqa: BLE001 (the boundary: the user sees `error:` / `fix:`, never a traceback)
+        return report(e, command if not command.startswith("-") else "", debug)

@@ -73,10 +73,10 @@ def save_entry(directory: Path, pairs: list[TokenizedPair], stats: TokenizeStats
     """Write one entry atomically (a temporary directory, then a rename)."""
     import numpy as np
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         arrays: dict[str, Any] = {}
         for part in ("prompt_ids", "chosen_ids", "rejected_ids"):
@@ -86,10 +86,12 @@ def save_entry(directory: Path, pairs: list[TokenizedPair], stats: TokenizeStats
         np.savez(tmp / "ids.npz", **arrays)
         meta = {"stats": stats.to_dict(), "sources": [p.meta.get("source", "") for p in pairs], "created": time.time()}
         (tmp / "stats.json").write_text(json.dumps(meta), encoding="utf-8")
-    except BaseException as e:  # a full disk, Ctrl-C: no half-written entry stays behind
+    except OSError as e:  # a full disk, most often: say where, and leave no half entry
+        from dpokit.writable import cache_full
+
+        raise cache_full(directory, tmp, e, "tokenized", "turn the cache off with --tokenized-cache false") from None
+    except BaseException:  # Ctrl-C: no half-written entry stays behind
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.filename is None:
-            e.filename = str(directory)  # a full disk names no file
         raise
     try:
         os.replace(tmp, directory)

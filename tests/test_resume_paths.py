@@ -75,3 +75,21 @@ def test_resumed_run_equals_the_straight_run_with_the_other_references(tmp_path,
     banner = [line for line in capsys.readouterr().out.splitlines() if "resuming" in line]
     assert len(banner) == 1 and ("separate model" if strategy == "model" else "loss simpo") in banner[0], banner
     assert_same_run(straight, resumed, 3)
+
+
+def test_resume_refuses_data_that_changed_under_the_same_config(tmp_path, llama_dir, capsys):
+    """Rows appended to the data file (as `data label` does between rounds) would shift every later
+    batch: the resume is refused before any model loads; the unchanged data resumes."""
+    data = write_pairs(tmp_path / "d.jsonl", n=24)
+    out = tmp_path / "run"
+    assert main(["train", *common(data, llama_dir, steps=3, save=2), "--output", str(out)]) == 0
+    original = data.read_text(encoding="utf-8")
+    with data.open("a", encoding="utf-8") as f:
+        f.write(write_pairs(tmp_path / "more.jsonl", n=16, seed=5).read_text(encoding="utf-8"))
+    capsys.readouterr()
+    assert main(["train", *common(data, llama_dir, steps=4, save=2), "--output", str(out), "--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert "the training data differs from the data the run started with" in err and "fix:" in err
+    assert "Traceback" not in err and not (out / "checkpoint-4").exists()
+    data.write_text(original, encoding="utf-8")
+    assert main(["train", *common(data, llama_dir, steps=4, save=2), "--output", str(out), "--resume", "latest"]) == 0

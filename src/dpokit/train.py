@@ -97,6 +97,9 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     if config.data.chat_template:
         tokenizer.chat_template = config.data.chat_template
     job.tokenize(tokenizer, log.print)
+    data_key = checkpoint.data_key(job.lengths())
+    if resume_from is not None and resume_state is not None:
+        checkpoint.check_same_data(resume_from, resume_state, len(job.train), data_key)
     if (config.train.early_stopping_patience or config.train.load_best_model_at_end) and not job.eval:
         raise ConfigError("early stopping and load_best_model_at_end pick checkpoints by an evaluation metric, "
                           "and this run has no evaluation data\n  fix: add --eval-data FILE or --eval-fraction 0.1")
@@ -112,6 +115,7 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     optimizer = build_optimizer(policy, config.train, device)
     scheduler = build_scheduler(optimizer, config.train, steps)
     stream = DataStream(len(job.train), config.train.seed, info.rank, info.world_size)
+    stream.key = data_key
     if config.data.group_by_length:
         stream.lengths = job.lengths()
         stream.group = 64 * config.train.batch_size * config.train.grad_accum * info.world_size

@@ -211,7 +211,8 @@ def test_a_full_cache_disk_names_the_cache_and_leaves_no_half_entry(small_disk, 
     out = tmp_path / "prepared"
     assert main(["data", "prepare", str(source), "--output-dir", str(out), "--model", "tiny", "--max-length", "32"]) != 0
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {small_disk / 'tokenized'}") and "no space left on device" in err
+    assert err.startswith(f"error: cannot write the tokenized cache entry {small_disk / 'tokenized'}")
+    assert "no space left on device" in err and "fix:" in err
     assert "Traceback" not in err and not out.exists()  # the prepare's own new folder is removed too
     assert not list((small_disk / "tokenized").iterdir())  # no half-written entry left behind
     assert main(["data", "prepare", str(source), "--output-dir", str(out), "--model", "tiny", "--max-length", "32",

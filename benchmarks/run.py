@@ -65,7 +65,9 @@ class Result:
     cuda_peak_bytes: int | None
     log: str
     precision: str = "fp32"  # what the case's matmuls ran in (the peak MFU is taken against)
-    mfu: float | None = None  # steady-state model FLOPs utilisation
+    mfu: float | None = None  # steady-state model FLOPs utilisation (wall clock)
+    cpu_steady_pairs_per_s: float | None = None  # steady pairs per CPU second (all threads)
+    cpu_mfu: float | None = None  # steady useful FLOPs per CPU second over one core's peak
 
 
 def dpokit_cases(layouts: bool) -> list[Case]:
@@ -197,25 +199,24 @@ def run_case(case: Case, args: argparse.Namespace, assets: dict[str, str], work:
     if code != 0:
         print(f"  failed (exit {code}); the last lines of {log}:\n" + "".join(open(log).readlines()[-15:]))
     extra = json.loads(report.read_text()) if report.exists() else {}
-    if case.tool == "dpokit":
-        metrics = out / "metrics.jsonl"
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-        train_rows = [r for r in rows if "loss" in r]
-        steady = None
-        if len(train_rows) >= 2:  # rows at step 1 and the last step: time of the steps in between
-            first, last = train_rows[0], train_rows[-1]
-            steady = (last["step"] - first["step"]) * args.batch_size / (last["time"] - first["time"])
-    else:
-        steady = step_rate(extra.get("step_times", []), args.batch_size)
+    # Both tools' clocks at each step's end (dpokit_entry.py, trl_dpo.py): steps 2..N
+    steady = step_rate(extra.get("step_times", []), args.batch_size)
+    cpu_steady = step_rate(extra.get("step_cpu_times", []), args.batch_size)
     pairs = args.steps * args.batch_size
     precision = case_precision(case, extra, args.device)
     peak = peak_flops(precision, args.device, args.peak_tflops)
-    mfu = steady * load.flops_per_pair / peak if steady and peak and code == 0 else None
+    ok = code == 0 and peak
+    mfu = steady * load.flops_per_pair / peak if steady and ok else None
+    # Per CPU second: what the cores it was given did, whatever else ran on the machine (one
+    # core's peak: the peak over the threads it was measured with).
+    cpu_mfu = (cpu_steady * load.flops_per_pair / (peak / (extra.get("threads") or 1))
+               if cpu_steady and ok and args.device == "cpu" else None)
     result = Result(case.name, case.tool, case.flags, code, wall, pairs / wall, steady,
                     pairs / wall * load.tokens_per_pair, rss, cpu, load_avg, extra.get("cuda_peak_bytes"), str(log),
-                    precision, mfu)
+                    precision, mfu, cpu_steady, cpu_mfu)
     print(f"  {wall:.1f} s, {result.pairs_per_s:.2f} pairs/s, steady {steady or float('nan'):.2f} pairs/s, "
-          f"MFU {100 * (mfu or float('nan')):.1f}% ({precision}), peak RSS {rss / 2**30:.2f} GiB, {cpu:.0f} CPU s, "
+          f"MFU {100 * (mfu or float('nan')):.1f}% ({precision}; {100 * (cpu_mfu or float('nan')):.1f}% per CPU "
+          f"second), peak RSS {rss / 2**30:.2f} GiB, {cpu:.0f} CPU s, "
           f"load before {load_avg:.2f}", flush=True)
     return result
 
@@ -243,21 +244,33 @@ def machine() -> str:
 def markdown(results: list[Result], cases: dict[str, Case], header: str) -> str:
     by_name = {r.name: r for r in results}
     gpu = any(r.cuda_peak_bytes for r in results)
-    cols = ["case", "wall s", "CPU s", "pairs/s", "steady pairs/s", "MFU", "tokens/s", "peak RSS GiB"]
+    cpu = any(r.cpu_mfu for r in results)
+    cols = ["case", "wall s", "CPU s", "pairs/s", "steady pairs/s", "MFU"]
+    cols += ["steady pairs per CPU s", "MFU per CPU s"] if cpu else []
+    cols += ["tokens/s", "peak RSS GiB"]
     cols += ["peak GPU GiB"] if gpu else []
-    cols += ["vs TRL pairs/s", "vs TRL RSS"]
+    cols += ["vs TRL pairs/s", "vs TRL steady"] + (["vs TRL per CPU s"] if cpu else []) + ["vs TRL RSS"]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2f}x" if a and b else ""
+
     for r in results:
         base = by_name.get(cases[r.name].baseline or "")
-        speed = f"{r.pairs_per_s / base.pairs_per_s:.2f}x" if base and base.returncode == 0 else ""
-        memory = f"{r.peak_rss_bytes / base.peak_rss_bytes:.2f}x" if base and base.returncode == 0 else ""
+        base = base if base and base.returncode == 0 and r.returncode == 0 else None
+        speed = [ratio(r.pairs_per_s, base and base.pairs_per_s),
+                 ratio(r.steady_pairs_per_s, base and base.steady_pairs_per_s)]
+        speed += [ratio(r.cpu_steady_pairs_per_s, base and base.cpu_steady_pairs_per_s)] if cpu else []
+        memory = ratio(r.peak_rss_bytes, base and base.peak_rss_bytes)
         steady = f"{r.steady_pairs_per_s:.2f}" if r.steady_pairs_per_s else "-"
         row = [r.name + ("" if r.returncode == 0 else f" (failed, exit {r.returncode})"), f"{r.wall_s:.1f}",
                f"{r.cpu_s:.0f}",
-               f"{r.pairs_per_s:.2f}", steady, f"{100 * r.mfu:.1f}% {r.precision}" if r.mfu else "-",
-               f"{r.tokens_per_s:.0f}", f"{r.peak_rss_bytes / 2**30:.2f}"]
+               f"{r.pairs_per_s:.2f}", steady, f"{100 * r.mfu:.1f}% {r.precision}" if r.mfu else "-"]
+        row += [f"{r.cpu_steady_pairs_per_s:.2f}" if r.cpu_steady_pairs_per_s else "-",
+                f"{100 * r.cpu_mfu:.1f}%" if r.cpu_mfu else "-"] if cpu else []
+        row += [f"{r.tokens_per_s:.0f}", f"{r.peak_rss_bytes / 2**30:.2f}"]
         row += [f"{(r.cuda_peak_bytes or 0) / 2**30:.2f}"] if gpu else []
-        lines.append("| " + " | ".join(row + [speed, memory]) + " |")
+        lines.append("| " + " | ".join(row + speed + [memory]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -279,6 +292,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--layouts", action="store_true", help="also run dpokit with each --layout")
     parser.add_argument("--only", choices=("dpokit", "trl"), default=None)
     parser.add_argument("--no-cases", action="store_true", help="run the sweep only, not the main cases")
+    parser.add_argument("--defaults-only", action="store_true",
+                        help="main cases: only the first TRL case and the dpokit cases compared with it")
     parser.add_argument("--sweep", choices=("none", "reduced", "full"), default="none",
                         help="how cost grows (scaling.py): reduced = a few points, full = every size and length")
     parser.add_argument("--sizes", default=None, help="sweep model sizes, e.g. 27m,125m,360m")
@@ -303,6 +318,9 @@ def main(argv: list[str] | None = None, cases: list[Case] | None = None, trl_cas
     load = workload(assets["model"], assets["data"], args.max_length)
     cases = dpokit_cases(args.layouts) if cases is None else cases
     cases = [] if args.only == "trl" or args.no_cases else cases
+    if args.defaults_only:
+        trl_cases = trl_cases[:1]
+        cases = [c for c in cases if c.baseline == trl_cases[0].name]
     if args.trl_python and args.only != "dpokit" and not args.no_cases:
         # each TRL case right before the dpokit cases compared with it
         cases = [c for trl in trl_cases for c in [trl] + [d for d in cases if d.baseline == trl.name]]
@@ -322,7 +340,7 @@ def main(argv: list[str] | None = None, cases: list[Case] | None = None, trl_cas
         sys.modules.setdefault("run", sys.modules[__name__])  # one module (and one peak cache) for both
         import scaling
 
-        sweep = scaling.run_sweep(args, work, env, trl_cases[0] if args.trl_python else None)
+        sweep = scaling.run_sweep(args, work, env, trl_cases[0] if args.trl_python else None, results)
         table += "\n" + scaling.markdown(sweep) + f"\n![pairs/s, MFU and peak RSS]({Path(args.plot).name})\n"
         scaling.plot(sweep, args.plot, machine())
     print("\n" + table)

@@ -52,9 +52,13 @@ def grid(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     return [("size", s, SIZE_LENGTH) for s in sizes] + [("length", LENGTH_SIZE, n) for n in lengths]
 
 
-def run_sweep(args: argparse.Namespace, work: Path, env: dict[str, str], trl: Case | None) -> list[Point]:
+def run_sweep(args: argparse.Namespace, work: Path, env: dict[str, str], trl: Case | None,
+              main: list[Result] = ()) -> list[Point]:
+    """Every point of the grid; a size point that is the main table's workload (its model size and
+    max_length, the HH-RLHF pairs) reuses the main table's defaults results instead of running again."""
     steps = args.sweep_steps or GRIDS[args.sweep][2]
     trl_at = None if args.sweep_trl is None else set(args.sweep_trl.split(","))
+    reuse = {r.tool: r for r in main if r.returncode == 0 and not r.flags}
     points = []
     for axis, size, length in grid(args):
         assets = build_assets(work / "assets", max(args.pairs, steps * args.batch_size), size,
@@ -63,9 +67,15 @@ def run_sweep(args: argparse.Namespace, work: Path, env: dict[str, str], trl: Ca
         sub = copy.copy(args)
         sub.max_length, sub.steps = length, steps
         cases = [DPOKIT] + ([trl] if trl and (trl_at is None or f"{size}@{length}" in trl_at) else [])
-        for case in cases:
+        same = axis == "size" and size == args.size and length == args.max_length
+        for case in cases + [c for c in ([trl] if trl else []) if same and c not in cases]:
             print(f"sweep: {size} model ({load.params / 1e6:.0f}M), max_length {length}", flush=True)
-            result = run_case(case, sub, assets, work, env, load, tag=f"{axis}-{size}-{length}-")
+            if same and case.tool in reuse:
+                result = reuse[case.tool]
+            elif case not in cases:
+                continue
+            else:
+                result = run_case(case, sub, assets, work, env, load, tag=f"{axis}-{size}-{length}-")
             points.append(Point(axis, size, length, load.params, load.flops_per_pair, load.tokens_per_pair, result))
     return points
 
@@ -73,33 +83,42 @@ def run_sweep(args: argparse.Namespace, work: Path, env: dict[str, str], trl: Ca
 def markdown(points: list[Point]) -> str:
     lines = ["How cost grows (each tool at its defaults; size sweep at max_length 512 on the HH-RLHF pairs, "
              "length sweep on the 27M model with pairs filling 80% of max_length):", "",
-             "| model | max_length | tokens/pair | GFLOP/pair | tool | steady pairs/s | MFU | peak RSS GiB "
-             "| vs TRL pairs/s | vs TRL RSS |", "|" + "---|" * 10]
+             "| model | max_length | tokens/pair | GFLOP/pair | tool | steady pairs/s | MFU | pairs per CPU s "
+             "| MFU per CPU s | peak RSS GiB | vs TRL steady | vs TRL per CPU s | vs TRL RSS |", "|" + "---|" * 13]
     for p in points:
         r = p.result
         trl = next((q.result for q in points if q.axis == p.axis and q.size == p.size
                     and q.max_length == p.max_length and q.result.tool == "trl" and q.result.returncode == 0), None)
         ok = r.returncode == 0
-        speed = (f"{r.steady_pairs_per_s / trl.steady_pairs_per_s:.2f}x" if trl and r.tool == "dpokit" and ok
-                 and r.steady_pairs_per_s and trl.steady_pairs_per_s else "")
-        memory = f"{r.peak_rss_bytes / trl.peak_rss_bytes:.2f}x" if trl and r.tool == "dpokit" and ok else ""
+        mine = trl is not None and r.tool == "dpokit" and ok
+
+        def ratio(a: float | None, b: float | None, mine: bool = mine) -> str:
+            return f"{a / b:.2f}x" if mine and a and b else ""
+
+        speed = ratio(r.steady_pairs_per_s, trl and trl.steady_pairs_per_s)
+        cpu_speed = ratio(r.cpu_steady_pairs_per_s, trl and trl.cpu_steady_pairs_per_s)
+        memory = ratio(r.peak_rss_bytes, trl and trl.peak_rss_bytes)
         steady = f"{r.steady_pairs_per_s:.2f}" if r.steady_pairs_per_s and ok else f"failed (exit {r.returncode})"
         lines.append(f"| {p.params / 1e6:.0f}M | {p.max_length} | {p.tokens_per_pair:.0f} | "
                      f"{p.flops_per_pair / 1e9:.1f} | {r.tool} | {steady} | "
                      f"{f'{100 * r.mfu:.1f}% {r.precision}' if r.mfu else '-'} | "
-                     f"{r.peak_rss_bytes / 2**30:.2f} | {speed} | {memory} |")
+                     f"{f'{r.cpu_steady_pairs_per_s:.2f}' if r.cpu_steady_pairs_per_s else '-'} | "
+                     f"{f'{100 * r.cpu_mfu:.1f}%' if r.cpu_mfu else '-'} | "
+                     f"{r.peak_rss_bytes / 2**30:.2f} | {speed} | {cpu_speed} | {memory} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(points: list[Point], path: str, machine: str) -> None:
-    """Pairs/s, MFU and peak RSS over model size (top) and ``max_length`` (bottom), one line per tool."""
+    """Pairs/s, pairs and MFU per CPU second, and peak RSS over model size (top) and ``max_length`` (bottom), one line per tool."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), squeeze=False)
-    metrics = [("steady pairs/s", lambda r: r.steady_pairs_per_s), ("MFU %", lambda r: 100 * r.mfu if r.mfu else None),
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7), squeeze=False)
+    metrics = [("steady pairs/s", lambda r: r.steady_pairs_per_s),
+               ("pairs per CPU second", lambda r: r.cpu_steady_pairs_per_s),
+               ("MFU per CPU second %", lambda r: 100 * r.cpu_mfu if r.cpu_mfu else None),
                ("peak RSS GiB", lambda r: r.peak_rss_bytes / 2**30)]
     for row, (axis, label) in enumerate((("size", "parameters (M)"), ("length", "max_length"))):
         for col, (name, value) in enumerate(metrics):

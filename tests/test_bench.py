@@ -59,7 +59,7 @@ def test_long_pairs_fill_80_percent_of_max_length(tiny_tokenizer):
 
 def result(tool: str, steady: float, rss_gib: float, mfu: float | None = 0.2) -> bench.Result:
     return bench.Result("case", tool, [], 0, 10.0, steady, steady, 100.0, int(rss_gib * 2**30), 15.0, 0.5, None,
-                        "log", "bf16", mfu)
+                        "log", "bf16", mfu, 2 * steady, 2 * mfu if mfu else None)
 
 
 def test_scaling_table_and_plot(tmp_path):
@@ -68,8 +68,8 @@ def test_scaling_table_and_plot(tmp_path):
               scaling.Point("size", "125m", 512, 125_800_000, 1.7e11, 316, result("dpokit", 1.0, 2.8, None)),
               scaling.Point("length", "27m", 1024, 27_700_000, 1.3e11, 1638, result("dpokit", 2.0, 1.6))]
     table = scaling.markdown(points)
-    assert "| 28M | 512 | 316 | 39.0 | dpokit | 5.00 | 20.0% bf16 | 1.40 | 5.00x | 0.40x |" in table
-    assert "| 126M | 512 | 316 | 170.0 | dpokit | 1.00 | - | 2.80 |  |  |" in table  # no TRL point there
+    assert "| 28M | 512 | 316 | 39.0 | dpokit | 5.00 | 20.0% bf16 | 10.00 | 40.0% | 1.40 | 5.00x | 5.00x | 0.40x |" in table
+    assert "| 126M | 512 | 316 | 170.0 | dpokit | 1.00 | - | 2.00 | - | 2.80 |  |  |  |" in table  # no TRL point
     png = tmp_path / "scaling.png"
     scaling.plot(points, str(png), "test machine")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -78,7 +78,7 @@ def test_scaling_table_and_plot(tmp_path):
 def test_main_table_has_mfu_per_case():
     cases = {"case": bench.Case("case", "dpokit", [], None)}
     table = bench.markdown([result("dpokit", 4.0, 1.4, 0.31)], cases, "header")
-    assert "| MFU |" in table and "| 31.0% bf16 |" in table
+    assert "| MFU |" in table and "| 31.0% bf16 | 8.00 | 62.0% |" in table
 
 
 def test_gpu_script_dry_run_lists_cases_and_peaks():

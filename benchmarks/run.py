@@ -235,7 +235,7 @@ def machine() -> str:
     units = ("AMX" if "amx_bf16" in flags else "no AMX") + (
         ", AVX-512 BF16" if "avx512_bf16" in flags else ", AVX-512" if "avx512f" in flags else
         ", AVX2" if "avx2" in flags else "")
-    text = f"{cpu_model()}, {cores} cores ({units})"
+    text = f"{cpu_model()}, {cores} cores ({units}), torch threads {torch.get_num_threads()}"
     if torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name()}"
     return text + f"; torch {torch.__version__}, Python {platform.python_version()}"

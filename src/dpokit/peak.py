@@ -70,6 +70,19 @@ def gpu_peak_tflops(name: str, precision: str) -> float | None:
     return None
 
 
+def _best_mm_seconds(size: int, dtype: torch.dtype, repeats: int) -> float:
+    """One thread's best CPU time for a ``size x size`` multiply, after a warm-up."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.mm(a, b)  # warm-up: kernel selection, caches
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.thread_time()
+        torch.mm(a, b)
+        best = min(best, time.thread_time() - start)
+    return max(best, 1e-9)
+
+
 def measure_matmul_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float:
     """FLOP/s of ``size x size`` matrix multiplies on the CPU's ``torch.get_num_threads()`` cores:
     one core's rate, best of ``repeats`` after a warm-up, times the cores.
@@ -79,22 +92,21 @@ def measure_matmul_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 8)
     its slowest thread, and any thread is preempted (2 cores measured 66 GFLOP/s of bf16 by wall
     time under load, 870 quiet). The CPU time a thread spent on the multiply is what the core
     did; cores of one CPU are alike, so the peak is one core's rate times the cores. Best, not
-    mean: cache misses from other work only ever slow a run down.
+    mean: cache misses from other work only ever slow a run down. A dtype without a fast path
+    (fp16 on most CPUs: about 1 GFLOP/s) is measured on a smaller multiply, sized from a 256 x 256
+    one to take at most about 0.2 s, so that the probe stays short.
     """
     threads = torch.get_num_threads()
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
     torch.set_num_threads(1)
     try:
-        torch.mm(a, b)  # warm-up: kernel selection, caches
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.thread_time()
-            torch.mm(a, b)
-            best = min(best, time.thread_time() - start)
+        small = 256
+        rate = 2.0 * small**3 / _best_mm_seconds(small, dtype, 2)
+        size = max(small, min(size, int((0.1 * rate) ** (1 / 3))))  # one multiply: at most ~0.2 s
+        repeats = max(1, min(repeats, int(0.5 * rate / (2.0 * size**3))))  # all of them: ~0.5 s
+        rate = max(rate, 2.0 * size**3 / _best_mm_seconds(size, dtype, repeats)) if size > small else rate
     finally:
         torch.set_num_threads(threads)
-    return 2.0 * size**3 / best * threads
+    return rate * threads
 
 
 def cpu_model() -> str:

@@ -31,10 +31,12 @@ def main() -> None:
     from trl import DPOConfig, DPOTrainer
 
     step_times: list[float] = []
+    step_cpu_times: list[float] = []  # the process's CPU seconds (all threads) at each step's end
 
     class StepClock(TrainerCallback):
         def on_step_end(self, *_args, **_kwargs):
             step_times.append(time.time())
+            step_cpu_times.append(time.process_time())
 
     options = {}
     if args.bf16 is not None:
@@ -56,7 +58,8 @@ def main() -> None:
         lambda module, args, kwargs: shapes.append(list(kwargs["input_ids"].shape)) if module.training else None,
         with_kwargs=True)
     trainer.train()
-    report = {"step_times": step_times, "bf16": config.bf16, "batch_shapes": shapes,
+    report = {"step_times": step_times, "step_cpu_times": step_cpu_times, "threads": torch.get_num_threads(),
+              "bf16": config.bf16, "batch_shapes": shapes,
               "gradient_checkpointing": config.gradient_checkpointing}
     if torch.cuda.is_available():
         report["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()

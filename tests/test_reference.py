@@ -4,6 +4,7 @@ the policy into the reference; impossible combinations are refused."""
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -211,3 +212,34 @@ def test_bad_reference_settings_are_config_errors(tmp_path, llama_dir, keys, mes
 def test_refresh_needs_the_same_architecture(tmp_path, llama_dir, gpt2_dir):
     with pytest.raises(ConfigError, match="architecture"):
         setup(make_config(tmp_path, llama_dir, **{"model.ref_model": str(gpt2_dir), "model.ref_refresh_steps": 1}))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_frozen_reference_cast_once_is_exact_under_autocast(tmp_path, tiny_tokenizer, arch):
+    """A frozen reference under bf16 keeps its linear weights in bf16 (cast once, not per batch), and
+    its log-probs equal those of the fp32 copy under autocast bit for bit; norms and embeddings
+    stay fp32. GPT-2's Conv1D layers and its tied head are left as they are."""
+    from tests.conftest import make_random_model
+
+    model = make_random_model(arch, tmp_path / arch, tiny_tokenizer)
+    run = setup(make_config(tmp_path / "out", model, **{"model.precision": "bf16"}))
+    reference = run.task.reference
+    assert isinstance(reference, FrozenModel)
+    fp32 = FrozenModel(copy.deepcopy(run.policy), "copy")  # the same weights, all kept fp32
+    dtypes = {n: p.dtype for n, p in reference.model.named_parameters()}
+    assert all(dtype == torch.float32 for n, dtype in dtypes.items() if "norm" in n or "ln_" in n or "emb" in n
+               or "wte" in n or "wpe" in n)  # GPT-2's head is tied to wte: fp32 too
+    if arch == "llama":
+        assert dtypes["lm_head.weight"] == dtypes["model.layers.0.self_attn.q_proj.weight"] == torch.bfloat16
+    batch = run.task.batch(run.task.train)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast, plain = reference.logps(batch, run.task.train), fp32.logps(batch, run.task.train)
+    assert torch.equal(cast.logps, plain.logps)
+    train_step(run)  # and a training step runs with it
+
+
+def test_refreshed_reference_stays_fp32(tmp_path, tiny_dir):
+    """TR-DPO mixes the policy into the reference: its weights keep fp32 under bf16."""
+    run = setup(make_config(tmp_path / "out", tiny_dir, **{"model.precision": "bf16",
+                                                            "model.ref_refresh_steps": 1}))
+    assert all(p.dtype == torch.float32 for p in run.task.reference.model.parameters())

@@ -1,8 +1,8 @@
 """The hardware's peak FLOP/s, the denominator of MFU (`dpokit.flops.mfu`).
 
 In order: ``output.peak_tflops`` when given; a table of dense (no 2:4 sparsity) peaks of common
-GPUs by ``torch.cuda.get_device_name``; on a CPU, a short matrix-multiply probe per dtype,
-measured once and cached under the dpokit cache, keyed by CPU model, threads and torch version
+GPUs by ``torch.cuda.get_device_name``; on a CPU, a short matrix-multiply probe per dtype (one
+core's best rate times the threads: `measure_matmul_flops`), measured once and cached under the dpokit cache, keyed by CPU model, threads and torch version
 (a CPU's peak depends on its vector units, which no table lists).
 """
 
@@ -70,18 +70,43 @@ def gpu_peak_tflops(name: str, precision: str) -> float | None:
     return None
 
 
-def measure_matmul_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a ``size x size`` matrix multiply on the CPU, best of ``repeats`` after a warm-up
-    (best, not mean: other work on the machine only ever slows a run down)."""
+def _best_mm_seconds(size: int, dtype: torch.dtype, repeats: int) -> float:
+    """One thread's best CPU time for a ``size x size`` multiply, after a warm-up."""
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
     torch.mm(a, b)  # warm-up: kernel selection, caches
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.thread_time()
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+        best = min(best, time.thread_time() - start)
+    return max(best, 1e-9)
+
+
+def measure_matmul_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 8) -> float:
+    """FLOP/s of ``size x size`` matrix multiplies on the CPU's ``torch.get_num_threads()`` cores:
+    one core's rate, best of ``repeats`` after a warm-up, times the cores.
+
+    One core, timed by its own CPU clock (``time.thread_time``), because wall time on a machine
+    shared with other work measures the load, not the cores: a multi-threaded multiply waits for
+    its slowest thread, and any thread is preempted (2 cores measured 66 GFLOP/s of bf16 by wall
+    time under load, 870 quiet). The CPU time a thread spent on the multiply is what the core
+    did; cores of one CPU are alike, so the peak is one core's rate times the cores. Best, not
+    mean: cache misses from other work only ever slow a run down. A dtype without a fast path
+    (fp16 on most CPUs: about 1 GFLOP/s) is measured on a smaller multiply, sized from a 256 x 256
+    one to take at most about 0.2 s, so that the probe stays short.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        small = 256
+        rate = 2.0 * small**3 / _best_mm_seconds(small, dtype, 2)
+        size = max(small, min(size, int((0.1 * rate) ** (1 / 3))))  # one multiply: at most ~0.2 s
+        repeats = max(1, min(repeats, int(0.5 * rate / (2.0 * size**3))))  # all of them: ~0.5 s
+        rate = max(rate, 2.0 * size**3 / _best_mm_seconds(size, dtype, repeats)) if size > small else rate
+    finally:
+        torch.set_num_threads(threads)
+    return rate * threads
 
 
 def cpu_model() -> str:
@@ -97,7 +122,7 @@ def cpu_model() -> str:
 
 
 def cpu_probe_key(precision: str) -> str:
-    return f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {precision}"
+    return f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__} | {precision} | per core"
 
 
 def cpu_peak(precision: str, cache: Path | None = None, size: int = 2048) -> Peak:
@@ -121,7 +146,8 @@ def cpu_peak(precision: str, cache: Path | None = None, size: int = 2048) -> Pea
             os.replace(tmp, cache)  # two runs probing at once never leave a half-written file
         except OSError:  # a read-only or full cache: measure again next time, leave no half file
             Path(f"{cache}.tmp{os.getpid()}").unlink(missing_ok=True)
-    return Peak(float(known[key]), f"measured ({size}x{size} {precision} matmul, {torch.get_num_threads()} threads)")
+    return Peak(float(known[key]), f"measured ({size}x{size} {precision} matmul, one core's best x "
+                f"{torch.get_num_threads()} threads)")
 
 
 def peak_flops(device: torch.device, precision: str, peak_tflops: float | None = None,

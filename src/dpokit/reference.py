@@ -101,7 +101,7 @@ class FrozenModel(Reference):
     """A frozen model in memory (``copy`` or ``model``), optionally refreshed toward the policy (TR-DPO)."""
 
     def __init__(self, model: nn.Module, name: str, policy: nn.Module | None = None,
-                 refresh_steps: int | None = None, refresh_mix: float = 1.0) -> None:
+                 refresh_steps: int | None = None, refresh_mix: float = 1.0, precision: str = "fp32") -> None:
         model.eval()
         model.requires_grad_(False)
         self.model, self.name, self.policy = model, name, policy
@@ -109,6 +109,8 @@ class FrozenModel(Reference):
         self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         if refresh_steps is not None:
             self.pairs = matching_parameters(self.model, policy)
+        elif precision in ("bf16", "fp16"):  # a frozen reference: cast its matmul weights once
+            cast_linear_weights(model, torch.bfloat16 if precision == "bf16" else torch.float16)
 
     @torch.no_grad()
     def logps(self, batch: PreferenceBatch, pairs: list[TokenizedPair]) -> SequenceLogps:
@@ -142,6 +144,35 @@ class FrozenModel(Reference):
         if self.refresh_steps is not None:
             text += f", refreshed every {self.refresh_steps} steps (TR-DPO, mix {self.refresh_mix})"
         return text
+
+
+def cast_linear_weights(model: nn.Module, dtype: torch.dtype) -> int:
+    """Hold the weights (and biases) of a frozen model's plain ``nn.Linear`` layers in ``dtype``, the
+    autocast dtype; returns how many layers were cast.
+
+    Autocast casts a linear layer's fp32 weight to its dtype on every call (its cache keeps only
+    weights that need gradients, for one forward), so a frozen reference paid a cast of all its
+    matmul weights on every batch. Cast once, the results are the same bit for bit, as long as the
+    model only runs under autocast of that dtype (the reference does) and never changes (TR-DPO's
+    refreshed reference keeps fp32). Norms and embedding tables (a head tied to one too) stay fp32,
+    as autocast keeps them.
+    The fp32 head check (`head_matches_forward`) is done first, while the model is still fp32.
+    """
+    from dpokit.logps import head_matches_forward
+
+    inner = unwrap(model)
+    weight = next((p for p in inner.parameters() if p.is_floating_point()), None)
+    if weight is None:
+        return 0
+    vocab = getattr(getattr(inner, "config", None), "vocab_size", None) or 2
+    head_matches_forward(inner, (torch.arange(16, device=weight.device) % vocab)[None])
+    tables = {id(m.weight) for m in inner.modules() if isinstance(m, nn.Embedding)}  # a tied head stays fp32
+    n = 0
+    for module in inner.modules():
+        if type(module) is nn.Linear and module.weight.dtype == torch.float32 and id(module.weight) not in tables:
+            module.to(dtype)
+            n += 1
+    return n
 
 
 def matching_parameters(reference: nn.Module, policy: nn.Module | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -234,10 +265,11 @@ def build_reference(
     if name == "copy":
         from dpokit.models import frozen_copy
 
-        return FrozenModel(frozen_copy(policy), "copy", policy, cfg.ref_refresh_steps, cfg.ref_refresh_mix)
+        return FrozenModel(frozen_copy(policy), "copy", policy, cfg.ref_refresh_steps, cfg.ref_refresh_mix,
+                           precision)
     if name == "model":
         return FrozenModel(load_reference_model(cfg, device), "model", policy, cfg.ref_refresh_steps,
-                           cfg.ref_refresh_mix)
+                           cfg.ref_refresh_mix, precision)
     if name == "lora":
         return AdapterDisabled(policy)
     return precompute(cfg, policy, device, precision, batcher, pairs, batch_size, log)

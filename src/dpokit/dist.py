@@ -36,6 +36,14 @@ def init(device_type: str = "cpu") -> DistInfo:
     return DistInfo(td.get_rank(), td.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def is_initialized() -> bool:
+    return td.is_initialized()
+
+
+def world_size() -> int:
+    return td.get_world_size() if td.is_initialized() else 1
+
+
 def is_main() -> bool:
     return not td.is_initialized() or td.get_rank() == 0
 
@@ -63,7 +71,11 @@ def any_true(flag: bool) -> bool:
 
 def gradient_sync(module: torch.nn.Module, sync: bool) -> AbstractContextManager:
     """A context in which ``module``'s backward passes all-reduce gradients only when ``sync``: under
-    gradient accumulation the micro-steps before the last skip DDP's all-reduce (``no_sync``)."""
+    gradient accumulation the micro-steps before the last skip DDP's all-reduce (``no_sync``) or
+    FSDP2's reduce-scatter (``set_requires_gradient_sync``)."""
+    if hasattr(module, "set_requires_gradient_sync"):
+        module.set_requires_gradient_sync(sync)
+        return nullcontext()
     if sync or not hasattr(module, "no_sync"):
         return nullcontext()
     return module.no_sync()

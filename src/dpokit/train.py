@@ -27,7 +27,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from dpokit import checkpoint, dist
+from dpokit import checkpoint, dist, fsdp
 from dpokit.config import Config, TrainConfig
 from dpokit.data.stream import DataStream
 from dpokit.errors import ConfigError, DpokitError
@@ -80,8 +80,10 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     job = make_task(task, config)
     job.load(log.print)  # bad data stops us here, before any model loads
     check_optimizer(config.train, device)  # and a bad optimizer
+    fsdp.check(config.train, precision, config.model.ref_refresh_steps, config.model.load_in_4bit)
     resume_from = checkpoint.find(config.train.resume, out_dir) if config.train.resume else None
-    resume_state = checkpoint.check_resumable(resume_from, job.name, given) if resume_from else None
+    resume_state = (checkpoint.check_resumable(resume_from, job.name, given, info.world_size)
+                    if resume_from else None)
     if info.is_main:  # a bad --output stops us here too
         checkpoint.check_output_dir(out_dir, resume_from is not None, log.print)
 
@@ -101,7 +103,8 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     job.prepare(policy, device, precision, steps, log.print)  # the reference comes from the starting policy
     if config.model.compile:  # after the reference is copied: the copy stays uncompiled
         compile_decoder(policy)
-    scorer = dist.wrap_ddp(SequenceScorer(policy), device)
+    scorer = fsdp.place(SequenceScorer(policy), getattr(job, "reference", None), config.train, precision, device,
+                        log.print)  # DDP, or FSDP2 shards (the reference's too)
     optimizer = build_optimizer(policy, config.train, device)
     scheduler = build_scheduler(optimizer, config.train, steps)
     stream = DataStream(len(job.train), config.train.seed, info.rank, info.world_size)
@@ -181,7 +184,7 @@ def optimizer_step(run: Run) -> float:
     params = [p for p in run.policy.parameters() if p.requires_grad]
     max_norm = run.config.train.max_grad_norm if run.config.train.max_grad_norm > 0 else math.inf
     run.scaler.unscale_(run.optimizer)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grad_norm = fsdp.clip_grad_norm(params, max_norm)
     if not math.isfinite(grad_norm) and not run.scaler.is_enabled():
         raise DpokitError(
             f"step {run.state.step + 1}: the gradient norm is {grad_norm}; the run is stopped before the "

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dpokit.errors import DpokitError, os_error_message
+from dpokit.errors import DpokitError, os_error_message, rank_prefix
 
 SFT_HELP = """Supervised fine-tuning, the stage before DPO. Data (--data): {prompt, completion} rows,
 {messages} conversations (assistant turns are trained), or preference pairs (the chosen answers).
@@ -277,10 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             raise DpokitError(unknown_argument_message(extra, args.parser))
         return args.func(args)
     except DpokitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{rank_prefix()}error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a path the user gave that cannot be read or written
-        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        print(f"{rank_prefix()}error: {os_error_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -63,7 +63,8 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def shard(scorer: nn.Module, precision: str, offload: bool) -> nn.Module:
-    """FSDP2 over ``scorer``'s model in place: each decoder layer, then the scorer as root."""
+    """FSDP2 over ``scorer``'s model in place: each decoder layer, then the scorer as root. Every
+    rank shards rank 0's weights (``fully_shard`` itself keeps each rank's own)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     kwargs: dict = {}
@@ -71,6 +72,7 @@ def shard(scorer: nn.Module, precision: str, offload: bool) -> nn.Module:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
+    dist.broadcast_from_main(scorer)  # weights drawn per rank (LoRA's A) start as rank 0's, as under DDP
     for layer in decoder_layers(scorer.model):
         fully_shard(layer, **kwargs)
     fully_shard(scorer, **kwargs)

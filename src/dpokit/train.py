@@ -27,7 +27,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from dpokit import checkpoint, dist, fsdp
+from dpokit import checkpoint, dist, fsdp, launch
 from dpokit.config import Config, TrainConfig
 from dpokit.data.stream import DataStream
 from dpokit.errors import ConfigError, DpokitError
@@ -68,6 +68,7 @@ def seed_everything(seed: int) -> None:
 def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     """Build a run of ``task`` (``dpo`` or ``sft``): data (checked first), tokenizer, models,
     optimizer, and with ``train.resume`` the checkpoint's state."""
+    notes = launch.from_accelerate(config)  # what an accelerate config file asks for, from the environment
     device = resolve_device(config.model.device)
     info = dist.init(device.type)
     check_trackers(config.output)  # a report_to package missing stops the run here, before the data loads
@@ -77,6 +78,8 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     given = config.to_dict()  # before the model changes anything (the layout it allows)
     out_dir = Path(config.output.dir)
     log = MetricsLog(None, enabled=info.is_main)
+    for note in notes:
+        log.print(note)
     job = make_task(task, config)
     job.load(log.print)  # bad data stops us here, before any model loads
     check_optimizer(config.train, device)  # and a bad optimizer

@@ -242,9 +242,12 @@ def save_weights(policy: torch.nn.Module, path: Path) -> None:
 
 def load_weights(policy: torch.nn.Module, path: Path) -> None:
     """Put a checkpoint's weights into ``policy`` in place (its parameters, and so the optimizer's
-    references to them, stay the same objects)."""
+    references to them, stay the same objects). A sharded checkpoint's weights go through DCP."""
     from safetensors.torch import load_file
 
+    if sharded.has_shards(path):
+        sharded.load(policy, None, path)
+        return
     peft = find_peft(policy)
     if peft is not None:
         from peft import set_peft_model_state_dict

@@ -85,6 +85,15 @@ def any_true(flag: bool) -> bool:
     return bool(value.item())
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` of all processes (every process must call it)."""
+    if not td.is_initialized():
+        return value
+    tensor = torch.tensor([float(value)])
+    td.all_reduce(tensor, op=td.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def gradient_sync(module: torch.nn.Module, sync: bool) -> AbstractContextManager:
     """A context in which ``module``'s backward passes all-reduce gradients only when ``sync``: under
     gradient accumulation the micro-steps before the last skip DDP's all-reduce (``no_sync``) or

@@ -208,11 +208,16 @@ def evaluate(run: Run) -> dict[str, float]:
     step = max(0, run.state.step - 1)  # the last training step's settings (beta), logged on the same row
     mine = run.task.eval[run.info.rank :: run.info.world_size]
     size = run.config.train.eval_batch_size or run.config.train.batch_size
-    for start in range(0, len(mine), size):
-        examples = mine[start : start + size]
+    batches = [mine[start : start + size] for start in range(0, len(mine), size)]
+    # FSDP2's forward gathers weights with every rank: a rank with fewer batches joins with a spare one.
+    rounds = dist.max_over_ranks(len(batches)) if fsdp.is_sharded(run.policy) else len(batches)
+    for i in range(rounds):
+        examples = batches[i] if i < len(batches) else run.task.eval[:1]
         batch = run.task.batch(examples)
         with autocast(run.precision, run.device):
-            window.add(run.task.forward(run.scorer, batch, examples, step))
+            out = run.task.forward(run.scorer, batch, examples, step)
+        if i < len(batches):
+            window.add(out)
     run.policy.train()
     return window.means(prefix="eval_")
 

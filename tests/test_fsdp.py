@@ -56,8 +56,11 @@ def runs(tmp_path_factory, tiny_dir) -> Path:
         for mode in ("ddp", "fsdp"):
             torchrun([*args, *extra, "--batch-size", "4", "--parallelism", mode, "--output", str(root / f"{mode}-{ref}")],
                      root / f"cache-{mode}-{ref}")
-    result = torchrun([*args, "--batch-size", "2", "--grad-accum", "2", "--fsdp", "true", "--output", str(root / "accum")],
-                      root / "cache-accum")
+    # 9 evaluation pairs in batches of 2: rank 0 takes 3 batches, rank 1 two (and joins the third's gathers).
+    evals = root / "eval.jsonl"
+    evals.write_text("".join(data.read_text().splitlines(keepends=True)[:9]))
+    result = torchrun([*args, "--batch-size", "2", "--grad-accum", "2", "--fsdp", "true", "--eval-data", str(evals),
+                       "--eval-steps", "5", "--output", str(root / "accum")], root / "cache-accum")
     (root / "accum.log").write_text(result.stdout + result.stderr)
     return root
 
@@ -77,7 +80,10 @@ def test_two_ranks_match_one_process(runs, mode, ref):
 
 
 def test_fsdp_with_accumulation_matches(runs):
-    assert_same_curve(rows(runs / "one-copy"), rows(runs / "accum"))
+    train = [r for r in rows(runs / "accum") if "eval_loss" not in r]
+    assert_same_curve(rows(runs / "one-copy"), train)
+    evals = [r for r in rows(runs / "accum") if "eval_loss" in r]
+    assert sorted({r["step"] for r in evals}) == [5, 10]  # uneven shares of the evaluation pairs: no hang
     log = (runs / "accum.log").read_text()
     assert "FSDP2: 4 decoder layers sharded over 2 ranks" in log
     assert log.count("saved the aligned model") == 1  # rank 0 alone reports
@@ -150,3 +156,31 @@ def test_sharded_checkpoint_resumes_on_two_and_one(runs, tiny_dir, tmp_path, ran
     torch.testing.assert_close(final_logps(out / "final", tiny_dir), final_logps(straight / "final", tiny_dir),
                                rtol=1e-5, atol=1e-5)
 
+
+def test_sigterm_mid_run_then_resume_finishes_as_straight(runs, tiny_dir, tmp_path):
+    """SIGTERM (what SLURM sends) to a 2-process FSDP2 run while it writes checkpoint-5: the ranks
+    stop together at the next step boundary with a checkpoint, and the resumed run ends as the
+    straight one."""
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    args = [*common(runs / "pairs.jsonl", tiny_dir), "--batch-size", "4", "--parallelism", "fsdp", "--output", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1",
+           "DPOKIT_CACHE": str(tmp_path / "cache"), "DPOKIT_CHECKPOINT_PAUSE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "dpokit", "train", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoint-5.tmp").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both ranks
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0, stdout[-2000:]
+    assert "SIGTERM: stopping at the end of this step with a checkpoint" in stdout
+    found = sorted(p.name for p in out.glob("checkpoint-*") if (p / "checkpoint_complete.json").is_file())
+    assert found and found[-1] in ("checkpoint-5", "checkpoint-6"), (found, stderr[-2000:])
+    torchrun([*args, "--resume", "latest"], tmp_path / "cache")
+    assert [r["step"] for r in rows(out)] == list(range(1, STEPS + 1))
+    for a, b in zip(rows(runs / "fsdp-copy"), rows(out)):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)

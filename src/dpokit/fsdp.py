@@ -30,11 +30,6 @@ from dpokit.errors import ConfigError
 from dpokit.logps import SequenceScorer, unwrap
 
 
-def wants_fsdp(cfg: TrainConfig, world_size: int) -> bool:
-    """Whether this run shards its models: ``fsdp`` asked for and more than one process."""
-    return cfg.parallelism == "fsdp" and world_size > 1
-
-
 def check(cfg: TrainConfig, precision: str, refresh_steps: int | None, load_in_4bit: bool) -> None:
     """Settings FSDP2 does not run here, refused before any model loads."""
     if cfg.parallelism != "fsdp":
@@ -67,7 +62,7 @@ def shard(scorer: nn.Module, precision: str, offload: bool) -> nn.Module:
     rank shards rank 0's weights (``fully_shard`` itself keeps each rank's own)."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    kwargs: dict = {}
+    kwargs: dict[str, object] = {}
     if precision == "bf16":
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if offload:

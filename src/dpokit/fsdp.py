@@ -83,15 +83,18 @@ def place(scorer: SequenceScorer, reference: object, cfg: TrainConfig, precision
     if cfg.parallelism != "fsdp":
         return dist.wrap_ddp(scorer, device)
     layers = len(decoder_layers(scorer.model))
-    shard(scorer, precision, cfg.fsdp_offload)
+    offload = cfg.fsdp_offload and device.type != "cpu"
+    if cfg.fsdp_offload and not offload:
+        log("note: --fsdp-offload on a CPU run changes nothing: the shards are in CPU memory already")
+    shard(scorer, precision, offload)
     ref_scorer = getattr(reference, "scorer", None)
     if getattr(reference, "peft", None) is not None:  # the LoRA reference: the policy, adapters off
         reference.scorer = scorer  # type: ignore[attr-defined]
     elif isinstance(ref_scorer, SequenceScorer):  # a frozen copy or model: sharded like the policy
-        shard(ref_scorer, precision, cfg.fsdp_offload)
+        shard(ref_scorer, precision, offload)
     log(f"FSDP2: {layers} decoder layers sharded over {dist.world_size()} ranks"
         f"{', bf16 parameters / fp32 reduction' if precision == 'bf16' else ''}"
-        f"{', shards offloaded to CPU' if cfg.fsdp_offload else ''}")
+        f"{', shards offloaded to CPU' if offload else ''}")
     return scorer
 
 

@@ -100,3 +100,12 @@ def test_shipped_fsdp_config_loads(capsys):
     assert main(["train", str(config), "--print-config"]) == 0
     out = capsys.readouterr().out
     assert "parallelism: fsdp" in out and "Qwen/Qwen1.5-1.8B-Chat" in out and "precision: bf16" in out
+
+
+@pytest.mark.parametrize(("rank", "world", "prefix"), [("1", "2", "[rank 1] "), ("0", "2", ""), ("0", "1", "")])
+def test_other_ranks_messages_carry_their_rank(monkeypatch, rank, world, prefix):
+    from dpokit.errors import rank_prefix
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    assert rank_prefix() == prefix

@@ -34,8 +34,7 @@ SHORT = {"data": "data.path", "dataset": "data.path", "model": "model.name_or_pa
          "lr": "train.lr", "batch_size": "train.batch_size", "grad_accum": "train.grad_accum",
          "max_length": "data.max_length", "max_prompt_length": "data.max_prompt_length",
          "precision": "model.precision", "seed": "train.seed", "logging_steps": "output.logging_steps",
-         "save_steps": "output.save_steps", "eval_data": "data.eval_path", "layout": "data.layout",
-         "fsdp_cpu_offload": "train.fsdp_offload"}
+         "save_steps": "output.save_steps", "eval_data": "data.eval_path", "layout": "data.layout"}
 SWITCHES = ("print_config", "help", "demo")
 HINTS = {f"{s}.{name}": hint for s, cls in SECTIONS.items() for name, hint in typing.get_type_hints(cls).items()}
 _NAMES = [key.split(".")[1] for key in HINTS]

@@ -30,11 +30,11 @@ def common(data: Path, model: Path) -> list[str]:
             "--scheduler", "constant", "--save-steps", "5"]
 
 
-def torchrun(args: list[str], cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``dpokit train ARGS`` on 2 processes, with its own cache (precomputed log-probs made afresh)."""
+def torchrun(args: list[str], cache: Path, timeout: int = 300, command: str = "train") -> subprocess.CompletedProcess:
+    """``dpokit COMMAND ARGS`` on 2 processes, with its own cache (precomputed log-probs made afresh)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1", "DPOKIT_CACHE": str(cache)}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "dpokit", "train", *args], capture_output=True, text=True, env=env, timeout=timeout)
+                             "-m", "dpokit", command, *args], capture_output=True, text=True, env=env, timeout=timeout)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
@@ -45,8 +45,8 @@ def rows(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_dir) -> Path:
-    """``one-R`` (1 x 8), ``ddp-R`` and ``fsdp-R`` (2 x 4) for each reference R, and ``accum``
-    (FSDP2, 2 x 2 x accumulation 2)."""
+    """``one-R`` (1 x 8), ``ddp-R`` and ``fsdp-R`` (2 x 4) for each reference R, ``accum``
+    (FSDP2, 2 x 2 x accumulation 2) and SFT's ``one-sft`` and ``fsdp-sft``."""
     root = tmp_path_factory.mktemp("fsdp")
     data = root / "pairs.jsonl"
     assert main(["data", "sample", "--output", str(data), "--n", "32"]) == 0
@@ -62,6 +62,10 @@ def runs(tmp_path_factory, tiny_dir) -> Path:
     result = torchrun([*args, "--batch-size", "2", "--grad-accum", "2", "--fsdp", "true", "--eval-data", str(evals),
                        "--eval-steps", "5", "--output", str(root / "accum")], root / "cache-accum")
     (root / "accum.log").write_text(result.stdout + result.stderr)
+    sft = [*args[:-2], "--save-steps", "0"]  # SFT on the pairs' chosen answers
+    assert main(["sft", *sft, "--batch-size", "8", "--output", str(root / "one-sft")]) == 0
+    torchrun([*sft, "--batch-size", "4", "--fsdp", "true", "--output", str(root / "fsdp-sft")], root / "cache-sft",
+             command="sft")
     return root
 
 
@@ -77,6 +81,11 @@ def assert_same_curve(one: list[dict], two: list[dict]) -> None:
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_ranks_match_one_process(runs, mode, ref):
     assert_same_curve(rows(runs / f"one-{ref}"), rows(runs / f"{mode}-{ref}"))
+
+
+def test_fsdp_sft_matches_one_process(runs):
+    for a, b in zip(rows(runs / "one-sft"), rows(runs / "fsdp-sft"), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
 
 
 def test_fsdp_with_accumulation_matches(runs):

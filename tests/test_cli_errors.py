@@ -16,10 +16,11 @@ from dpokit.errors import ConfigError
 
 
 def one_error_line(capsys) -> str:
-    """The single `error:` line the command printed (no traceback)."""
+    """The single `error:` line the command printed, followed by its `fix:` line (no traceback)."""
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
+    lines = [line.strip() for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) == 2, err
+    assert lines[0].startswith("error: ") and lines[1].startswith("fix: "), err
     return lines[0]
 
 
@@ -49,7 +50,7 @@ def test_data_sample_to_a_directory(tmp_path, capsys):
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_full_disk_names_the_path(capsys):
-    assert main(["data", "sample", "--output", "/dev/full"]) == 2
+    assert main(["data", "sample", "--output", "/dev/full"]) == 1  # a runtime fault, not the user's mistake
     line = one_error_line(capsys)
     assert "/dev/full" in line and "no space left" in line
     assert main(["data", "sample", "--output", "/dev/full/x.jsonl"]) == 2
@@ -92,7 +93,8 @@ def test_train_oserror_anywhere_is_one_line(tmp_path, tiny_dir, monkeypatch, cap
                  "--precision", "fp32", "--progress", "false", "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.splitlines()[-1].startswith(f"error: {blocker}") and "not a directory" in err.splitlines()[-1]
+    assert err.splitlines()[-2].startswith(f"error: {blocker}") and "not a directory" in err.splitlines()[-2]
+    assert err.splitlines()[-1].startswith("  fix: ")
 
 
 # ---- generate -----------------------------------------------------------------------------------
@@ -142,7 +144,8 @@ def test_generate_missing_local_model_says_train_first(model, tmp_path, monkeypa
 def test_default_generate_model_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["generate", "--prompt", "hi"]) == 2
-    assert "--model dpo_checkpoints/final does not exist; run `dpokit train` first" in one_error_line(capsys)
+    line = one_error_line(capsys)
+    assert "--model dpo_checkpoints/final does not exist" in line and "`dpokit train`" in line
 
 
 def test_hub_ids_are_not_local_paths():

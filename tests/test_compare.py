@@ -160,3 +160,46 @@ def test_reports_escape_what_the_models_wrote():
     assert "Why &lt;b&gt;?" in page
     md = to_markdown(result)
     assert "a \\| b" in md and "line one<br>line two" in md
+
+
+def test_html_report_fits_a_phone_screen_without_sideways_scrolling(tmp_path):
+    """At a phone's width (390 CSS px) nothing in the page reaches past the screen's edge, even an
+    unbroken 200-character answer, a long model path and a long prompt. Measured by Chromium's layout:
+    under `--dump-dom` the headless window is at least 500 px wide (narrow enough for the one-column
+    layout), so a copy of the report is held to 390 px and gets a script (the report itself has none) that writes the
+    right-most edge of any element into the DOM, which `--dump-dom` returns."""
+    result = _result("x" * 200, "short reference answer " * 30)
+    result["model"] = "/very/long/path/to/a/run/" + "checkpoints/" * 12 + "final"
+    result["items"][0]["prompt"] = "Why " + "does-this-wrap-" * 20 + "?"
+    probe = ("<script>let right = 0; for (const e of document.querySelectorAll('body *')) "
+             "right = Math.max(right, e.getBoundingClientRect().right); "
+             "document.body.setAttribute('data-right', Math.ceil(right));</script>")
+    html = render(result).replace("</head>", "<style>html { width: 390px; }</style></head>")
+    page = tmp_path / "report.html"
+    page.write_text(html.replace("</body>", probe + "</body>"), encoding="utf-8")
+    dom = _chromium(["--window-size=500,844", "--dump-dom", page.as_uri()], tmp_path).stdout
+    found = re.search(r'data-right="(\d+)"', dom)
+    assert found, dom[-2000:]
+    assert 300 < int(found.group(1)) <= 390
+
+
+def test_sampled_answers_share_each_prompts_seeds_between_the_models(tmp_path, tiny_dir, capsys):
+    """Sampled, two answers per prompt: the policy's and the reference's k-th answers to a prompt are
+    drawn with the same seed, so a model compared with itself writes the same answers on both sides
+    (every verdict a tie, the win rate 0.5, the KL 0), while its two samples of a prompt differ."""
+    (tmp_path / "judge.py").write_text("def length(prompt, answer):\n    return len(answer)\n", encoding="utf-8")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is rain?\nName a colour.\nWhy do we sleep?\n", encoding="utf-8")
+    out = tmp_path / "result.json"
+    assert main(["compare", "--model", str(tiny_dir), "--ref", "tiny", "--prompts", str(prompts), "--num-samples",
+                 "2", "--temperature", "1.0", "--max-new-tokens", "16", "--judge", f"{tmp_path / 'judge.py'}:length",
+                 "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    items = result["items"]
+    assert len(items) == 3 and all(len(item["answers"]) == 2 for item in items)
+    for item in items:
+        for entry in item["answers"]:
+            assert entry["policy"]["text"] == entry["reference"]["text"] and entry["verdict"] == "tie"
+    assert any(item["answers"][0]["policy"]["text"] != item["answers"][1]["policy"]["text"] for item in items)
+    assert result["win_rate"]["ties"] == 6 and result["win_rate"]["win_rate"] == 0.5
+    assert result["kl"]["mean"] == pytest.approx(0.0, abs=1e-6)

@@ -39,9 +39,13 @@ ROW_ERRORS = [
     ("same", {"prompt": "a", "chosen": "same", "rejected": "same"}, "identical", "chosen", "chosen == rejected"),
     ("undecodable", b'{"prompt": "caf\xe9", "chosen": "b", "rejected": "c"}', "not valid UTF-8", None,
      "undecodable bytes"),
+    ("lone_surrogate", '{"prompt": "caf\\ud800", "chosen": "b", "rejected": "c"}',
+     "invalid Unicode: a lone UTF-16 surrogate (\\ud800) at character 16 of the line", "prompt", "invalid Unicode"),
+    ("control_character", '{"prompt": "a\tb", "chosen": "b", "rejected": "c"}',
+     "(Invalid control character at character 14 of the line)", None, "invalid JSON"),
     ("unknown_role", {"chosen": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}],
                       "rejected": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "no"}]},
-     "unknown role \"human\"", "chosen", "unknown role"),
+     '2 messages have unknown roles: chosen[0] "human", rejected[0] "human"', "chosen", "unknown role"),
 ]
 
 
@@ -101,11 +105,13 @@ def test_file_error(tmp_path, capsys, name, lines, text):
     path = write(tmp_path / f"{name}.jsonl", lines) if lines else tmp_path / "empty.jsonl"
     if not lines:
         path.write_bytes(b"")
-    for argv in (["data", "validate", str(path)], ["data", "validate", str(path), "--on-bad-row", "skip"],
-                 ["train", "--data", str(path), "--model", NO_MODEL]):
-        assert main(argv) == 2
+    # validate's verdict on faulty data is exit 1, as for bad rows; train stops as for any user mistake (2)
+    for argv, code in ((["data", "validate", str(path)], 1), (["data", "validate", str(path), "--on-bad-row", "skip"], 1),
+                       (["train", "--data", str(path), "--model", NO_MODEL], 2)):
+        assert main(argv) == code
         err = capsys.readouterr().err
         assert str(path) in err and text in err and "fix:" in err and NO_MODEL not in err
+        assert err.startswith("error: ") and "Traceback" not in err
     if name == "one_object":
         assert "under 'data'" in err
 
@@ -113,7 +119,7 @@ def test_file_error(tmp_path, capsys, name, lines, text):
 def test_json_array_of_non_objects(tmp_path, capsys):
     path = tmp_path / "numbers.json"
     path.write_text("[1, 2, 3]")
-    assert main(["data", "validate", str(path)]) == 2
+    assert main(["data", "validate", str(path)]) == 1
     assert "not rows of JSON objects" in capsys.readouterr().err
 
 
@@ -128,9 +134,9 @@ def test_sft_split_has_no_rejected_column(tmp_path, capsys, monkeypatch):
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     pq.write_table(pa.Table.from_pylist([{"prompt": "hi", "prompt_id": "0", "messages": messages}] * 3),
                    root / "data" / "train_sft-00000-of-00001.parquet")
-    for argv in (["data", "validate", str(root), "--split", "train_sft"],
-                 ["train", "--data", str(root), "--split", "train_sft", "--model", NO_MODEL]):
-        assert main(argv) == 2
+    for argv, code in ((["data", "validate", str(root), "--split", "train_sft"], 1),  # as for the JSONL file below
+                       (["train", "--data", str(root), "--split", "train_sft", "--model", NO_MODEL], 2)):
+        assert main(argv) == code
         err = capsys.readouterr().err
         assert "[train_sft]" in err and "missing column 'chosen'" in err and "train_prefs" in err
     # A JSONL file of SFT rows gets the same advice, located by line.

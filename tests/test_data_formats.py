@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dpokit.config import DataConfig
-from dpokit.data.formats import split_turns
+from dpokit.data.implicit import split_turns
 from dpokit.data.jsonl import read_preference_jsonl
 from dpokit.data.sources import load_train_eval, read_source, resolve_source
 from dpokit.errors import DataError

@@ -16,6 +16,7 @@ from dpokit.generate import (
     pick,
     positions,
     read_prompts,
+    rows_that_fit,
     sample_seed,
 )
 
@@ -151,3 +152,18 @@ def test_generate_command_takes_the_tiny_model(tiny_dir, capsys):
                  "--greedy"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("### Explain gravity.\n") and len(printed.split("\n", 1)[1].strip()) > 0
+
+
+def test_rows_that_fit_a_gpu_hand_worked():
+    """A GPU batch fills 70% of the free memory. Llama-3-8B in bf16 (32 layers, 8 key/value heads of
+    128): per token 2 * 32 * 8 * 128 * 2 B of keys and values + 16 * 4096 * 2 B of activations =
+    262144 B; a row of 1280 tokens adds 16 B per vocabulary entry: 1280 * 262144 + 16 * 128256 =
+    337596416 B; 0.7 * 100 GiB holds 222 such rows, 0.7 * 1 GiB two."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(num_hidden_layers=32, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
+                         vocab_size=128256)
+    assert rows_that_fit(config, 2, 1280, 100 * 2**30) == 222
+    assert rows_that_fit(config, 2, 1280, 2**30) == 2
+    assert rows_that_fit(config, 2, 1280, 2**20) == 1  # never none
+    assert rows_that_fit(config, 2, 16, 10**15) == 512  # nor more than 512

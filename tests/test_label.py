@@ -192,3 +192,28 @@ def test_resume_bookkeeping(tmp_path):
     assert decided(out) == {"a": 2}
     assert prompt_key([{"role": "user", "content": "a"}]) == "a"
     assert prompt_key([{"role": "system", "content": "s"}, {"role": "user", "content": "a"}]).startswith("[")
+
+
+def test_two_models_answer_one_each_and_greedy_is_allowed(tiny_dir, llama_dir, tmp_path):
+    """--model-b: one answer from each model (greedy is fine: the models differ); each pair holds
+    exactly the two models' answers to its prompt, the judge's pick as chosen."""
+    import torch
+
+    from dpokit.generate import SamplingConfig, complete, load_lm
+
+    (tmp_path / "rules.py").write_text("def longer(prompt, answer):\n    return len(answer)\n", encoding="utf-8")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n", encoding="utf-8")
+    out = tmp_path / "pairs.jsonl"
+    assert main(["data", "label", "--model", str(tiny_dir), "--model-b", str(llama_dir), "--prompts", str(prompts),
+                 "--output", str(out), "--greedy", "--max-new-tokens", "12", "--precision", "fp32", "--judge",
+                 f"{tmp_path / 'rules.py'}:longer"]) == 0
+    sampling = SamplingConfig(max_new_tokens=12, greedy=True)
+    answers = [[c.text.strip() for c in complete(*load_lm(str(path), torch.device("cpu")), PROMPTS, sampling)]
+               for path in (tiny_dir, llama_dir)]
+    rows, skipped = _rows(out), _rows(skipped_path(out))
+    assert len(rows) + len(skipped) == len(PROMPTS) and rows
+    for row in rows:
+        i = PROMPTS.index(row["prompt"])
+        assert {row["chosen"].strip(), row["rejected"].strip()} == {answers[0][i], answers[1][i]}
+        assert len(row["chosen"]) > len(row["rejected"])

@@ -250,8 +250,10 @@ def test_keys_that_would_train_something_else_stop_the_run():
     with pytest.raises(ConfigError, match=r"'linear_warmup' for 'train.scheduler' \(--scheduler\): expects "
                                           r"one of linear, cosine, cosine_with_restarts"):
         resolved("--lr_scheduler_type", "linear_warmup")
-    with pytest.raises(ConfigError, match=r"unknown train.optim 'adamw'; did you mean 'adamw_8bit'"):
-        resolved("--optim", "adamw")
+    with pytest.raises(ConfigError, match=r"unknown train.optim 'adamw'; did you mean 'adamw_torch'"):
+        resolved("--optim", "adamw")  # the plain AdamW, not an 8-bit one
+    with pytest.raises(ConfigError, match=r"unknown train.optim 'adamw_8bt'; did you mean 'adamw_8bit'"):
+        resolved("--optim", "adamw_8bt")
 
 
 def test_orpo_reads_a_recipes_beta_as_lambda_only_with_orpo():

@@ -84,6 +84,7 @@ def test_report_to_names(monkeypatch):
     assert resolve_report_to([]) == [] and resolve_report_to(None) == [] and resolve_report_to(["none"]) == []
     assert resolve_report_to(["jsonl"]) == []  # always on: nothing to start
     assert resolve_report_to("wandb, tensorboard,wandb") == ["wandb", "tensorboard"]
+    assert resolve_report_to(["tensorboard,wandb"]) == ["tensorboard", "wandb"]  # `--report-to tensorboard,wandb`
     assert resolve_report_to(["all"]) == ["tensorboard", "wandb"]
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now fails, as when it is not installed
     assert resolve_report_to(["all"]) == ["tensorboard"]

@@ -193,3 +193,26 @@ def test_model_card_loads_and_names_the_base_model(run, tmp_path):
     assert "![Training curves](training_plot.png)" in card.text and (out / "final" / "training_plot.png").is_file()
     assert f'pipeline("text-generation", model="{out / "final"}")' in card.text
     assert "frozen copy of the policy" in card.text and "name_or_path: tiny" in card.text
+
+
+def test_a_card_of_the_best_checkpoint_reports_its_evaluation(run, tmp_path):
+    """With ``load_best_model_at_end`` final/ holds the best evaluation's weights: the card's table
+    is of that step (here step 2 of a run evaluated at 0, 2 and 4), not of the last evaluation."""
+    from huggingface_hub import ModelCard
+
+    from dpokit.card import write_model_card
+    from dpokit.configure import resolve
+
+    out, _, _ = run
+    config, _, _ = resolve(["--demo", "--output", str(out), "--load-best-model-at-end", "true"])
+    (tmp_path / "final").mkdir()
+    path = write_model_card(tmp_path / "final", config, train_pairs=216, eval_pairs=24, run_dir=out,
+                            draw_plot=False, best_step=2)
+    train, evals = metrics(out)
+    [at_two] = [r for r in evals if r["step"] == 2]
+    [train_two] = [r for r in train if r["step"] == 2]
+    text = ModelCard.load(path).text
+    assert "`final/` holds the weights of step 2, the best evaluation by `eval_loss`" in text
+    assert f"| loss | {train_two['loss']:.4f} | {at_two['eval_loss']:.4f} |" in text
+    assert "From train row of step 2 and eval of step 2" in text
+    assert evals[-1]["step"] == 4 and f"| {evals[-1]['eval_loss']:.4f} |" not in text

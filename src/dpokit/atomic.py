@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from dpokit import dist
-from dpokit.errors import DpokitError, os_error_message
+from dpokit.errors import RuntimeFault, os_error_message
 
 PAUSE_ENV = "DPOKIT_CHECKPOINT_PAUSE"  # fault injection: seconds the writer waits between files (tests)
 MARKER = "checkpoint_complete.json"
 
 
-class SaveError(DpokitError):
+class SaveError(RuntimeFault):
     """A checkpoint or model that could not be written; what was there before is kept."""
 
 
@@ -57,7 +57,12 @@ def _fsync_dir(path: Path) -> None:
 def _failure(error: BaseException) -> str:
     if isinstance(error, OSError):
         return os_error_message(error)
-    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    text = " ".join(str(error).split())
+    if "No space left" in text or "StorageFull" in text:  # safetensors' SafetensorError is no OSError
+        return "no space left on device"
+    if "Permission denied" in text or "PermissionDenied" in text:
+        return "permission denied"
+    return f"{type(error).__name__}: {text[:300]}"
 
 
 def write_atomically(path: Path, write: Callable[[Path], None], marker: dict[str, Any] | None = None,
@@ -65,7 +70,7 @@ def write_atomically(path: Path, write: Callable[[Path], None], marker: dict[str
     """Fill ``path`` through ``write(tmp)`` on every rank, then (rank 0) fsync, mark and rename it
     into place, replacing an older ``path`` only once the new one is whole. On any rank's failure
     the temporary directory goes, ``path`` stays as it was, and every rank raises `SaveError`."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     main = dist.is_main()
     error: BaseException | None = None
     try:
@@ -88,7 +93,6 @@ def write_atomically(path: Path, write: Callable[[Path], None], marker: dict[str
                 pause()
                 (tmp / MARKER).write_text(json.dumps(marker), encoding="utf-8")
                 _fsync_tree(tmp)
-            old = path.with_name(path.name + ".old")
             if path.exists():
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(path, old)
@@ -101,6 +105,10 @@ def write_atomically(path: Path, write: Callable[[Path], None], marker: dict[str
     if failed:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
+            if old.is_dir() and not path.exists():  # failed between the two renames: put the old one back
+                os.replace(old, path)
+            if path.is_dir():
+                kept = f"; the earlier {path} is kept as it was{kept}"
         why = _failure(error) if error is not None else "another process could not write its part"
         raise SaveError(f"could not save the {what} {path}: {why}{kept}\n  fix: free disk space or choose another "
                         "--output (the space it needs is about the size of the model and optimizer state)")

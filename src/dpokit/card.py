@@ -64,10 +64,12 @@ def _loss_lines(config: Any, reference: str | None) -> list[str]:
     return lines
 
 
-def _metrics_table(train: dict[str, Any] | None, evals: dict[str, Any] | None) -> list[str]:
+def _metrics_table(train: dict[str, Any] | None, evals: dict[str, Any] | None, best: bool = False) -> list[str]:
     if train is None and evals is None:
         return ["No metrics were logged."]
-    lines = ["| metric | train (last logged step) | eval (last evaluation) |", "|---|---:|---:|"]
+    heads = ("last logged step up to the best evaluation", "the best evaluation") if best else (
+        "last logged step", "last evaluation")
+    lines = [f"| metric | train ({heads[0]}) | eval ({heads[1]}) |", "|---|---:|---:|"]
 
     def shown(row: dict[str, Any] | None, key: str) -> str:
         value = None if row is None else row.get(key)
@@ -81,11 +83,14 @@ def _metrics_table(train: dict[str, Any] | None, evals: dict[str, Any] | None) -
 
 
 def write_model_card(final_dir: str | Path, config: Any, train_pairs: int, eval_pairs: int,
-                     run_dir: str | Path | None = None, draw_plot: bool = True, reference: str | None = None) -> Path:
+                     run_dir: str | Path | None = None, draw_plot: bool = True, reference: str | None = None,
+                     best_step: int | None = None) -> Path:
     """Write ``final_dir/README.md`` for the run in ``run_dir`` (default: the parent of
     ``final_dir``): its metrics from ``metrics.jsonl`` and, with ``draw_plot``, its curves drawn
     into ``final_dir/training_plot.png`` and embedded. ``reference``: how the run's reference
-    log-probs were made, in words (``Reference.describe()``). Returns the card's path."""
+    log-probs were made, in words (``Reference.describe()``). ``best_step``: ``final_dir`` holds the
+    weights of that step's evaluation (``load_best_model_at_end``), so the card reports that one,
+    not the last. Returns the card's path."""
     from huggingface_hub import ModelCardData
 
     from dpokit.plot import plot_runs, read_rows
@@ -94,8 +99,9 @@ def write_model_card(final_dir: str | Path, config: Any, train_pairs: int, eval_
     final_dir = Path(final_dir)
     run_dir = Path(run_dir) if run_dir is not None else final_dir.parent
     rows = read_rows(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
-    train = next((r for r in reversed(rows) if "loss" in r), None)
-    evals = next((r for r in reversed(rows) if "eval_loss" in r), None)
+    upto = (lambda r: r["step"] <= best_step) if best_step is not None else (lambda r: True)
+    train = next((r for r in reversed(rows) if "loss" in r and upto(r)), None)
+    evals = next((r for r in reversed(rows) if "eval_loss" in r and upto(r)), None)
     plot = None
     if draw_plot and rows:
         try:
@@ -128,7 +134,9 @@ def write_model_card(final_dir: str | Path, config: Any, train_pairs: int, eval_
         "",
         "## Results",
         "",
-        *_metrics_table(train, evals),
+        *([f"`final/` holds the weights of step {best_step}, the best evaluation by "
+           f"`{config.train.metric_for_best_model}` (`load_best_model_at_end`).", ""] if best_step is not None else []),
+        *_metrics_table(train, evals, best=best_step is not None),
         "",
         *([f"![Training curves]({PLOT_NAME})", ""] if plot else []),
         "## How to use",

@@ -129,6 +129,24 @@ def same_step_batch(saved: dict[str, Any], now: dict[str, Any], saved_world: int
     return per_step(saved, saved_world) == per_step(now, world)
 
 
+def data_key(lengths: list[int]) -> str:
+    """A fingerprint of the training data as tokenized: its size and every example's length."""
+    import hashlib
+
+    return hashlib.sha256(",".join(map(str, lengths)).encode()).hexdigest()[:16]
+
+
+def check_same_data(path: Path, state: dict[str, Any], size: int, key: str) -> None:
+    """A resume reads the data the checkpoint's run read: rows added to or changed in the file (under
+    the same config) would shift every later batch. Checked after tokenizing, before models load."""
+    saved = state.get("stream", {})
+    if "data" in saved and (saved.get("size"), saved["data"]) != (size, key):
+        raise ConfigError(f"--resume {path}: the training data differs from the data the run started with "
+                          f"({saved.get('size')} examples then, {size} now, or their contents changed)\n"
+                          "  fix: resume with the data of the run that wrote the checkpoint, or start a new run "
+                          "(e.g. --weights " + str(path) + " with a new --output) on the new data")
+
+
 def check_output_dir(path: Path, resuming: bool, log: Callable[[str], None]) -> None:
     """Create the output directory and check it takes files, so a bad ``--output`` fails in seconds;
     clear leftovers of saves that never finished. A new run is not started where an earlier run's
@@ -270,7 +288,7 @@ def load_weights(policy: torch.nn.Module, path: Path) -> None:
 
 
 def trainer_state(run: Run) -> dict[str, Any]:
-    return {"task": run.task.name, "counters": asdict(run.state), "stream": run.stream.state(),
+    return {"task": run.task.name, "counters": asdict(run.state), "stream": {**run.stream.state(), "size": run.stream.size, "data": run.stream.key},
             "total_steps": run.total_steps, "world_size": run.info.world_size,
             "window": run.window.state_dict(), "reference_key": run.task.key(), "config": run.given,
             "watch": run.watch.state_dict()}

@@ -8,12 +8,13 @@ use argparse directly.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dpokit.errors import DpokitError, os_error_message, rank_prefix
+from dpokit.errors import DpokitError
 
 SFT_HELP = """Supervised fine-tuning, the stage before DPO. Data (--data): {prompt, completion} rows,
 {messages} conversations (assistant turns are trained), or preference pairs (the chosen answers).
@@ -103,60 +104,10 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ask(label: str, stream, interactive: bool) -> str | None:
-    if interactive:
-        print(f"{label}: ", end="", flush=True)
-    line = stream.readline()
-    if not line:
-        return None
-    return line.rstrip("\n")
-
-
-def _check_writable(path: Path) -> None:
-    """Open ``path`` for appending (creating its folder) and close it again; an OSError says why not."""
-    existed = path.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8"):
-        pass
-    if not existed:
-        path.unlink()  # written again with the first pair; no empty file when none is added
-
-
 def cmd_data_add(args: argparse.Namespace) -> int:
-    """Prompt / chosen / rejected, one after another, until "done" or end of input."""
-    from dpokit.data.jsonl import write_jsonl
+    from dpokit.data.add import cmd_data_add as add
 
-    with naming(args.output):
-        _check_writable(Path(args.output))  # before any typing: a pair typed in must not be lost
-    stream = sys.stdin
-    interactive = stream.isatty()
-    if interactive:
-        print(f'Adding preference pairs to {args.output}. Type "done" as the prompt to finish.')
-    added = skipped = 0
-    while True:
-        prompt = _ask("Prompt", stream, interactive)
-        if prompt is None or prompt.strip().lower() == "done":
-            break
-        chosen = _ask("Chosen (better) response", stream, interactive)
-        rejected = _ask("Rejected (worse) response", stream, interactive)
-        if chosen is None or rejected is None:
-            print("input ended in the middle of a pair; that pair was not saved", file=sys.stderr)
-            break
-        problem = None
-        if not prompt.strip() or not chosen.strip() or not rejected.strip():
-            problem = "prompt, chosen and rejected must all be non-empty"
-        elif chosen.strip() == rejected.strip():
-            problem = "chosen and rejected are the same"
-        if problem:
-            print(f"skipped: {problem}", file=sys.stderr)
-            skipped += 1
-            continue
-        with naming(args.output):
-            write_jsonl(args.output, [{"prompt": prompt, "chosen": chosen, "rejected": rejected}], append=True)
-        added += 1
-    print(f"added {added} pair{'s' if added != 1 else ''} to {args.output}"
-          + (f" ({skipped} skipped)" if skipped else ""))
-    return 0
+    return add(args.output)
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -198,12 +149,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors (a bad value, a missing option) end as every error does: `error:`
+    and `fix:` lines, exit 2. Subcommands' parsers are of the same class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise DpokitError(f"`{self.prog}`: {message}\n  fix: `{self.prog} --help` lists its options and values")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dpokit import __version__
     from dpokit.eval_cli import add_compare, add_eval, add_label
     from dpokit.plot import add_parser as plot_parser
 
-    parser = argparse.ArgumentParser(prog="dpokit", description="Align causal LMs with human preferences (DPO).")
+    parser = Parser(prog="dpokit", description="Align causal LMs with human preferences (DPO).")
     parser.add_argument("--version", action="version", version=f"dpokit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train with DPO (see `dpokit train --help`)", add_help=False)
@@ -264,7 +223,14 @@ def unknown_argument_message(extra: list[str], parser: argparse.ArgumentParser) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command; every failure ends in `error:` and `fix:` lines (``failures.py``)."""
+    from dpokit.failures import debug_wanted, report
+
+    argv, debug = debug_wanted(sys.argv[1:] if argv is None else argv)
+    # bitsandbytes (imported through peft by transformers) warns on every CPU run that an optional
+    # faster 4-bit kernel package is missing: noise for everyone not running QLoRA on a CPU.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    command = " ".join(argv[:2] if argv[:1] == ["data"] else argv[:1]).strip()
     try:
         if argv and argv[0] in ("train", "sft"):
             return cmd_train(argv[1:], argv[0])
@@ -276,12 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             raise DpokitError(unknown_argument_message(extra, args.parser))
         return args.func(args)
-    except DpokitError as e:
-        print(f"{rank_prefix()}error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a path the user gave that cannot be read or written
-        print(f"{rank_prefix()}error: {os_error_message(e)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit:
+        raise  # argparse's usage errors and --help
+    except Exception as e:  # noqa: BLE001 (the boundary: the user sees `error:` / `fix:`, never a traceback)
+        return report(e, command if not command.startswith("-") else "", debug)

@@ -36,6 +36,7 @@ from dpokit.judge import Judge, load_judge, verdict, win_rate
 from dpokit.logps import SequenceScorer, layout_for
 from dpokit.models import autocast
 from dpokit.report_html import count, prompt_text, render, sampling_text
+from dpokit.writable import check_writable
 
 # ---- the KL estimate --------------------------------------------------------------------------
 
@@ -283,6 +284,9 @@ def run(args: Any) -> int:
     hf_logging.disable_progress_bar()
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {args.batch_size})")
+    for flag in ("markdown", "report", "output"):  # before any model loads
+        if getattr(args, flag):
+            check_writable(getattr(args, flag), f"--{flag}")
     result = compare(args)
     print(side_by_side(result))
     for path, text in ((args.markdown, lambda: to_markdown(result)), (args.report, lambda: render(result)),

@@ -8,6 +8,15 @@ import os
 class DpokitError(Exception):
     """An error caused by the user's input or configuration; the CLI prints it without a traceback."""
 
+    exit_code = 2  # the user's mistake; `RuntimeFault` is 1
+
+
+class RuntimeFault(DpokitError):
+    """A fault met while running, not caused by the input: a full disk, too little memory, a diverged
+    run, a process of the run that failed. The CLI prints it without a traceback, exit code 1."""
+
+    exit_code = 1
+
 
 class ConfigError(DpokitError):
     """A configuration key or value that cannot be used."""

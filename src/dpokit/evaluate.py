@@ -36,9 +36,11 @@ from dpokit.data.sources import main_spec, read_prepared, read_source
 from dpokit.errors import ConfigError, DpokitError
 from dpokit.logps import SequenceScorer, layout_for
 from dpokit.losses import LossSpec, beta_at, get_loss, needs_prompt_logps, resolve_loss_config
-from dpokit.models import autocast, load_model, load_tokenizer, resolve_device, resolve_precision
+from dpokit.modelcheck import fit_context
+from dpokit.models import TINY, autocast, load_model, load_tokenizer, resolve_device, resolve_precision
 from dpokit.reference import FrozenModel, Reference, Zeros
 from dpokit.tasks.preference import PairMetrics, PairOutput, loss_inputs  # the training metrics' own code
+from dpokit.writable import check_writable
 
 RUN_CONFIG = "dpokit_config.yaml"  # saved beside every dpokit model (`checkpoint.save_final`)
 RUN_STATE = "trainer_state.json"
@@ -209,6 +211,8 @@ def _loss_config(saved: Config | None, args: Any) -> LossConfig:
 
 def evaluate_model(args: Any, log=print) -> dict[str, Any]:
     """Run ``dpokit eval`` (``args`` as `eval_cli` parses them); returns what ``--output`` saves."""
+    from dpokit.generate import model_source
+
     saved = saved_config(args.model, log)
     loss_cfg = _loss_config(saved, args)
     beta = args.beta if args.beta is not None else (
@@ -225,6 +229,7 @@ def evaluate_model(args: Any, log=print) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     pairs = load_pairs(data, log)  # bad data stops us before a model loads
+    model_source(args.model, "--model")  # then a missing, empty or corrupt model directory
 
     ref_name = args.ref or run_reference(saved)
     if loss.needs_reference and ref_name is None:
@@ -232,6 +237,7 @@ def evaluate_model(args: Any, log=print) -> dict[str, Any]:
                           "compares with one\n  fix: pass --ref START_MODEL (the model training started from), "
                           "or --ref none for reference log-probs of 0")
     policy_cfg = _model_config(args.model, saved, args)
+    fit_context(data, policy_cfg.name_or_path, args.model == TINY, log, trust_remote_code=args.trust_remote_code)
     device = resolve_device(args.device)
     precision = resolve_precision(policy_cfg.precision, device)
     tokenizer = load_tokenizer(policy_cfg)
@@ -301,6 +307,8 @@ def run(args: Any) -> int:
         raise ConfigError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.buckets < 1:
         raise ConfigError(f"--buckets must be at least 1 (got {args.buckets})")
+    if args.output:
+        check_writable(args.output)  # before the models load
     result = evaluate_model(args)
     print(format_result(result))
     if args.output:

@@ -17,7 +17,6 @@ tokens they drop to -inf.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,24 +68,21 @@ DEFAULT_MODEL = "dpo_checkpoints/final"  # where `dpokit train` writes its model
 
 def looks_local(model: str) -> bool:
     """Whether ``model`` is clearly a local path rather than a hub id (``gpt2``, ``org/name``)."""
-    if model == DEFAULT_MODEL or model.startswith((".", "/", "~")) or "\\" in model:
-        return True
-    return model.rstrip("/").endswith("/final") or "checkpoint-" in model or model.rstrip("/").count("/") > 1
+    from dpokit.modelcheck import looks_local as local
+
+    return model == DEFAULT_MODEL or local(model)
 
 
-def model_source(model: str, flag: str = "--model") -> str:
-    """Where to load ``model`` from: ``tiny`` is the built-in tiny model; a local-looking path must exist."""
+def model_source(model: str, flag: str = "--model", tokenizer: bool = True) -> str:
+    """Where to load ``model`` from: ``tiny`` is the built-in tiny model; a local-looking path must
+    exist and hold a loadable model (``modelcheck.check_source``)."""
+    from dpokit.modelcheck import check_source
     from dpokit.models import TINY
     from dpokit.tiny import tiny_model_dir
 
     if model == TINY:
         return str(tiny_model_dir())
-    if looks_local(model):
-        model = os.path.expanduser(model)
-        if not Path(model).is_dir():
-            raise ConfigError(f"{flag} {model} does not exist; run `dpokit train` first (it saves the "
-                              "model in OUTPUT_DIR/final), or pass an existing directory or a hub id such as gpt2")
-    return model
+    return check_source(model, flag, tokenizer)
 
 
 def load_for_generation(model: str, device: torch.device, trust_remote_code: bool = False) -> tuple[Any, Any]:
@@ -96,10 +92,12 @@ def load_for_generation(model: str, device: torch.device, trust_remote_code: boo
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         lm = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot load a model from '{model}': {first}\n  fix: pass a training output "
-                          "such as dpo_checkpoints/final, or a hub id") from None
+    except Exception as e:  # noqa: BLE001 (transformers, safetensors and OS errors alike)
+        if isinstance(e, torch.OutOfMemoryError):
+            raise
+        from dpokit.modelcheck import load_failure
+
+        raise load_failure(model, e) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return lm.to(device).eval(), tokenizer
@@ -297,16 +295,21 @@ def auto_batch_size(model: Any, tokens_per_row: int, device: torch.device) -> in
         return 8
     from dpokit.logps import text_config
 
-    config = text_config(model.config)
+    free, _ = torch.cuda.mem_get_info(device)
+    return rows_that_fit(text_config(model.config), next(model.parameters()).element_size(), tokens_per_row, free)
+
+
+def rows_that_fit(config: Any, element_size: int, tokens_per_row: int, free_bytes: int) -> int:
+    """Rows of ``tokens_per_row`` tokens that fit in 70% of ``free_bytes`` (1 to 512): per token, the
+    keys and values of every layer and ~16 hidden-size activations of the prefill; per row, the fp32
+    logits and the sampling noise over the vocabulary (4 tensors of 4 bytes)."""
     hidden = config.hidden_size
     heads = getattr(config, "num_attention_heads", 1)
     kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or hidden // heads
-    size = next(model.parameters()).element_size()
-    per_token = 2 * config.num_hidden_layers * kv * head_dim * size + 16 * hidden * size
+    per_token = 2 * config.num_hidden_layers * kv * head_dim * element_size + 16 * hidden * element_size
     per_row = tokens_per_row * per_token + 4 * 4 * config.vocab_size
-    free, _ = torch.cuda.mem_get_info(device)
-    return max(1, min(512, int(0.7 * free / per_row)))
+    return max(1, min(512, int(0.7 * free_bytes / per_row)))
 
 
 def complete(model: Any, tokenizer: Any, prompts: list[Any], sampling: SamplingConfig,

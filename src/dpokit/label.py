@@ -36,6 +36,7 @@ from dpokit.generate import (
     sample_seed,
 )
 from dpokit.report_html import count, prompt_text
+from dpokit.writable import check_writable
 
 
 class Quit(Exception):
@@ -190,6 +191,7 @@ def run(args: Any, stdin: TextIO | None = None, stdout: TextIO | None = None) ->
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {args.batch_size})")
     output = Path(args.output)
+    check_writable(output)  # before any question: a pick must never be lost
     prompts = read_prompts(args.prompts)
     for name, flag in ((args.model, "--model"), (args.model_b, "--model-b")):
         if name:

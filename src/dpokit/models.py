@@ -19,6 +19,7 @@ from dpokit.lora import (
     merged_dir_beside,
     quantization_config,
 )
+from dpokit.modelcheck import check_source, load_failure
 
 TINY = "tiny"  # the built-in tiny model's name (``tiny.py`` builds it; the caller resolves it to a directory)
 
@@ -76,27 +77,31 @@ def _source(cfg: ModelConfig) -> str:
     return cfg.weights or cfg.name_or_path
 
 
+def _flag(cfg: ModelConfig) -> str:
+    return "--weights" if cfg.weights else "--model"
+
+
+def _load_failure(source: str, error: Exception, cfg: ModelConfig) -> Exception:
+    """A library's error while loading ``source``, as one message with the path (OOM passes)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return error
+    return load_failure(source, error, _flag(cfg))
+
+
 def load_tokenizer(cfg: ModelConfig) -> Any:
     """The tokenizer of the policy's source (an adapter directory's base when it has none)."""
     from transformers import AutoTokenizer
 
-    source = _source(cfg)
+    source = check_source(_source(cfg), _flag(cfg))  # a missing or corrupt directory fails here, named
     if adapter_base(source) and not (Path(source) / "tokenizer_config.json").is_file():
         source = adapter_base(source)  # an adapter directory saved without its tokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=cfg.revision if source == cfg.name_or_path else None,
             trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ConfigError(_load_hint(source, e)) from None
+    except Exception as e:  # noqa: BLE001 (transformers, tokenizers and OS errors alike)
+        raise _load_failure(source, e, cfg) from None
     return tokenizer
-
-
-def _load_hint(source: str, error: Exception) -> str:
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return (f"cannot load model or tokenizer from '{source}': {first}\n"
-            "  fix: pass a local directory holding config.json and weights, a hub id (needs network), "
-            "or --model tiny for the built-in model")
 
 
 def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
@@ -108,7 +113,10 @@ def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
     """
     from transformers import AutoModelForCausalLM
 
-    source = _source(cfg)
+    if cfg.weights and not Path(cfg.weights).expanduser().is_dir():
+        raise ConfigError(f"--weights {cfg.weights}: no such directory\n  fix: pass an earlier run's output, for "
+                          "example dpo_checkpoints/final or dpo_checkpoints/checkpoint-N")
+    source = check_source(_source(cfg), _flag(cfg), tokenizer=False)
     base = adapter_base(source)
     if base is not None and (merged := merged_dir_beside(source)) is not None:
         # dpokit saved the merge beside the adapter: load it as it is. Under 4-bit this quantises
@@ -121,17 +129,14 @@ def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if source == cfg.name_or_path and cfg.revision:
         kwargs["revision"] = cfg.revision
-    if cfg.weights and not Path(cfg.weights).is_dir():
-        raise ConfigError(f"--weights {cfg.weights}: no such directory; pass an earlier run's output, "
-                          "for example dpo_checkpoints/final")
     try:
         model = AutoModelForCausalLM.from_pretrained(base or source, **kwargs)
         if base is not None:
             model = merge_adapter_dir(model, source)
             if not cfg.load_in_4bit:
                 model.requires_grad_(True)  # peft froze the base; a full fine-tune trains it all
-    except (OSError, ValueError) as e:
-        raise ConfigError(_load_hint(base or source, e)) from None
+    except Exception as e:  # noqa: BLE001 (safetensors' SafetensorError is no OSError)
+        raise _load_failure(base or source, e, cfg) from None
     disable_dropout(model)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)

@@ -54,7 +54,9 @@ def check_optim_name(name: str) -> None:
     if name in ELSEWHERE:
         raise ConfigError(f"train.optim '{name}' needs a package or device dpokit does not use\n"
                           f"  fix: --optim {nearest(name)} is the nearest that runs here")
-    close = difflib.get_close_matches(name, (*TORCH_OPTIMIZERS, *BNB_OPTIMIZERS), n=1)
+    # A name that begins one (``adamw``) means the first that it begins, torch's before bitsandbytes'.
+    close = [n for n in (*TORCH_OPTIMIZERS, *BNB_OPTIMIZERS) if n.startswith(name)][:1] or \
+        difflib.get_close_matches(name, (*TORCH_OPTIMIZERS, *BNB_OPTIMIZERS), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ConfigError(f"unknown train.optim '{name}'{hint}\n  fix: choose one of "
                       f"{', '.join(TORCH_OPTIMIZERS)} (torch) or {', '.join(BNB_OPTIMIZERS)} (bitsandbytes)")

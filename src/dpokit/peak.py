@@ -119,8 +119,8 @@ def cpu_peak(precision: str, cache: Path | None = None, size: int = 2048) -> Pea
             tmp = Path(f"{cache}.tmp{os.getpid()}")
             tmp.write_text(json.dumps(known, indent=1))
             os.replace(tmp, cache)  # two runs probing at once never leave a half-written file
-        except OSError:
-            pass  # a read-only cache: measure again next time
+        except OSError:  # a read-only or full cache: measure again next time, leave no half file
+            Path(f"{cache}.tmp{os.getpid()}").unlink(missing_ok=True)
     return Peak(float(known[key]), f"measured ({size}x{size} {precision} matmul, {torch.get_num_threads()} threads)")
 
 

@@ -340,8 +340,14 @@ def precompute(cfg: ModelConfig, policy: nn.Module, device: torch.device, precis
         if dist.is_main():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-            save_file({"logps": values.contiguous()}, str(tmp))
-            os.replace(tmp, path)
+            try:
+                save_file({"logps": values.contiguous()}, str(tmp))
+                os.replace(tmp, path)
+            except Exception as e:  # noqa: BLE001 (safetensors' SafetensorError is no OSError)
+                from dpokit.writable import cache_full
+
+                raise cache_full(path, tmp, e, "reference log-probs",
+                                 "use --reference copy, which needs no cache") from None
     for pair, (chosen, rejected) in zip(pairs, values.tolist()):
         pair.meta[META_KEY] = (chosen, rejected)
     if model is not policy:

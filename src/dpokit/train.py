@@ -30,11 +30,13 @@ import torch
 from dpokit import checkpoint, dist, fsdp, launch
 from dpokit.config import Config, TrainConfig
 from dpokit.data.stream import DataStream
-from dpokit.errors import ConfigError, DpokitError
+from dpokit.divergence import last_checkpoint
+from dpokit.errors import ConfigError, RuntimeFault
 from dpokit.intervals import Intervals
 from dpokit.logps import SequenceScorer, compile_decoder
 from dpokit.losses import resolve_loss_config
-from dpokit.models import autocast, load_policy, load_tokenizer, resolve_device, resolve_precision
+from dpokit.modelcheck import check_saved_weights, check_weights_outside, fit_context
+from dpokit.models import TINY, autocast, load_policy, load_tokenizer, resolve_device, resolve_precision
 from dpokit.optim import (
     build_optimizer,
     build_scheduler,
@@ -87,14 +89,22 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     resume_from = checkpoint.find(config.train.resume, out_dir) if config.train.resume else None
     resume_state = (checkpoint.check_resumable(resume_from, job.name, given, info.world_size)
                     if resume_from else None)
+    check_weights_outside(config.model.weights, out_dir, resume_from is not None)  # never overwrite the start
+    if resume_from is not None:  # its weights whole, before any model loads
+        check_saved_weights(resume_from)
     if info.is_main:  # a bad --output stops us here too
         checkpoint.check_output_dir(out_dir, resume_from is not None, log.print)
 
     job.model_config = resolve(config.model)  # ``tiny``: the built-in model's directory
+    fit_context(config.data, job.model_config.weights or job.model_config.name_or_path,
+                config.model.name_or_path == TINY, log.print, trust_remote_code=config.model.trust_remote_code)
     tokenizer = load_tokenizer(job.model_config)
     if config.data.chat_template:
         tokenizer.chat_template = config.data.chat_template
     job.tokenize(tokenizer, log.print)
+    data_key = checkpoint.data_key(job.lengths())
+    if resume_from is not None and resume_state is not None:
+        checkpoint.check_same_data(resume_from, resume_state, len(job.train), data_key)
     if (config.train.early_stopping_patience or config.train.load_best_model_at_end) and not job.eval:
         raise ConfigError("early stopping and load_best_model_at_end pick checkpoints by an evaluation metric, "
                           "and this run has no evaluation data\n  fix: add --eval-data FILE or --eval-fraction 0.1")
@@ -111,6 +121,7 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     optimizer = build_optimizer(policy, config.train, device)
     scheduler = build_scheduler(optimizer, config.train, steps)
     stream = DataStream(len(job.train), config.train.seed, info.rank, info.world_size)
+    stream.key = data_key
     if config.data.group_by_length:
         stream.lengths = job.lengths()
         stream.group = 64 * config.train.batch_size * config.train.grad_accum * info.world_size
@@ -172,9 +183,9 @@ def stop_if_not_finite(run: Run, bad_loss: float | None) -> None:
     this rank's was finite); under fp16 the loss scaler would otherwise skip such steps silently."""
     if dist.any_true(bad_loss is not None):
         value = "not finite on another rank" if bad_loss is None else bad_loss
-        raise DpokitError(
-            f"step {run.state.step + 1}: the loss is {value}; the run is stopped before the update, and the "
-            "last checkpoint is intact. Lower --lr or --beta, or use --precision fp32.")
+        raise RuntimeFault(
+            f"step {run.state.step + 1}: the loss is {value}; the run is stopped before the update, and "
+            f"{last_checkpoint(run.out_dir)}\n  fix: lower --lr or --beta, or use --precision fp32")
 
 
 def optimizer_step(run: Run) -> float:
@@ -189,9 +200,9 @@ def optimizer_step(run: Run) -> float:
     run.scaler.unscale_(run.optimizer)
     grad_norm = fsdp.clip_grad_norm(params, max_norm)
     if not math.isfinite(grad_norm) and not run.scaler.is_enabled():
-        raise DpokitError(
+        raise RuntimeFault(
             f"step {run.state.step + 1}: the gradient norm is {grad_norm}; the run is stopped before the "
-            "update, and the last checkpoint is intact. Lower --lr (or --beta), or use --precision fp32.")
+            f"update, and {last_checkpoint(run.out_dir)}\n  fix: lower --lr (or --beta), or use --precision fp32")
     run.scaler.step(run.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
     run.scaler.update()
     step_scheduler(run.scheduler)  # metric-driven schedules (reduce_lr_on_plateau) step at evaluations
@@ -323,6 +334,7 @@ def fit(run: Run) -> Path:
             evaluate_and_log()
         if cfg.train.load_best_model_at_end:
             load_best(run)
+        watch.before_final(run)  # a diverged run saves no broken final/
         final = run.out_dir / "final"
         checkpoint.save_final(run, final)
         dist.barrier()

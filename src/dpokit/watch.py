@@ -21,6 +21,7 @@ import torch
 from dpokit import dist
 from dpokit.card import write_model_card
 from dpokit.diagnostics import Diagnostics
+from dpokit.divergence import Divergence
 from dpokit.errors import DpokitError
 from dpokit.flops import throughput_row
 from dpokit.mirror import Mirror
@@ -40,6 +41,7 @@ class Watch:
         self.diagnostics = diagnostics
         self.peak = peak
         self.stopper = EarlyStopping.from_config(config.train)
+        self.divergence = Divergence(mode=config.train.on_divergence)
         self.mirror = Mirror(config.output.mirror_dir) if config.output.mirror_dir and is_main else None
         self.margins: MarginLog | None = None
         self.window_start = time.perf_counter()
@@ -86,6 +88,16 @@ class Watch:
         if self.diagnostics is not None:
             self.diagnostics.observe(row)
         self.new_window(run)
+        self.divergence.observe(row, run.out_dir, run.log.print)  # before this step's checkpoint is saved
+
+    def before_final(self, run: Run) -> None:
+        """A run that ends out of bounds stops here, before its ``final/`` (``divergence.py``), unless
+        ``final/`` is the best checkpoint, saved while healthy (``load_best_model_at_end``)."""
+        best = self.stopper.best_step
+        if (run.config.train.load_best_model_at_end and best is not None and best <= self.divergence.last_good_step
+                and self.best_checkpoint(run.out_dir) is not None):
+            return
+        self.divergence.at_end(run.out_dir, run.log.print)
 
     def evaluated(self, row: dict[str, Any]) -> bool:
         """Take an evaluation row; True when it is the best so far (by ``metric_for_best_model``)."""
@@ -108,15 +120,27 @@ class Watch:
         model and the logs copied to the mirror."""
         if self.margins is not None:
             self.margins.close()
+        best = self.best_checkpoint(run.out_dir)
+        if best is not None and not run.config.train.load_best_model_at_end:  # else `load_best` names it
+            run.log.print(f"best checkpoint: {best} ({self.stopper.metric} {self.stopper.best_value:.6g} at step "
+                          f"{self.stopper.best_step})")
         if run.task.unit == "pairs":
             try:
                 write_model_card(final, run.config, len(run.task.train), len(run.task.eval), run.out_dir,
-                                 reference=run.task.describe())
+                                 reference=run.task.describe(), best_step=self.final_step(run, best))
             except (OSError, DpokitError) as e:  # the model itself is saved; say what is missing
                 run.log.print(f"warning: no model card in {final}: {e}")
         if self.mirror is not None:
             self.mirror.final(final)
             self.mirror.logs(run.out_dir)
+
+    def final_step(self, run: Run, best: Path | None) -> int | None:
+        """The step whose weights ``final/`` holds when ``load_best_model_at_end`` made it the best
+        evaluation's (its checkpoint was loaded, or the last step was the best); else None."""
+        step = self.stopper.best_step
+        if not run.config.train.load_best_model_at_end or step is None:
+            return None
+        return step if best is not None or step == run.state.step else None
 
     def close(self) -> None:
         if self.margins is not None:
@@ -124,12 +148,13 @@ class Watch:
 
     def state_dict(self) -> dict[str, Any]:
         diagnostics = self.diagnostics
-        return {"stopper": self.stopper.state_dict(),
+        return {"stopper": self.stopper.state_dict(), "divergence": self.divergence.state_dict(),
                 "diagnostics": None if diagnostics is None else {"rows": diagnostics.rows,
                                                                  "fired": sorted(diagnostics.fired)}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stopper.load_state_dict(state.get("stopper") or {})
+        self.divergence.load_state_dict(state.get("divergence") or {})
         if self.diagnostics is not None and state.get("diagnostics"):
             self.diagnostics.rows = list(state["diagnostics"]["rows"])
             self.diagnostics.fired = set(state["diagnostics"]["fired"])

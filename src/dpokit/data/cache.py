@@ -20,14 +20,16 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dpokit.data.pairs import PreferencePair, TokenizedPair
 from dpokit.data.tokenize import TokenizeStats, options, tokenize_pairs
+from dpokit.errors import DataError
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: pairs identical after truncation are dropped
 
 
 def cache_root() -> Path:
@@ -71,21 +73,36 @@ def save_entry(directory: Path, pairs: list[TokenizedPair], stats: TokenizeStats
     """Write one entry atomically (a temporary directory, then a rename)."""
     import numpy as np
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    arrays: dict[str, Any] = {}
-    for part in ("prompt_ids", "chosen_ids", "rejected_ids"):
-        seqs = [getattr(p, part) for p in pairs]
-        arrays[part] = np.fromiter((t for s in seqs for t in s), dtype=np.int64)
-        arrays[part + "_offsets"] = np.cumsum([0] + [len(s) for s in seqs], dtype=np.int64)
-    np.savez(tmp / "ids.npz", **arrays)
-    meta = {"stats": stats.to_dict(), "sources": [p.meta.get("source", "") for p in pairs], "created": time.time()}
-    (tmp / "stats.json").write_text(json.dumps(meta), encoding="utf-8")
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        arrays: dict[str, Any] = {}
+        for part in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            seqs = [getattr(p, part) for p in pairs]
+            arrays[part] = np.fromiter((t for s in seqs for t in s), dtype=np.int64)
+            arrays[part + "_offsets"] = np.cumsum([0] + [len(s) for s in seqs], dtype=np.int64)
+        np.savez(tmp / "ids.npz", **arrays)
+        meta = {"stats": stats.to_dict(), "sources": [p.meta.get("source", "") for p in pairs], "created": time.time()}
+        (tmp / "stats.json").write_text(json.dumps(meta), encoding="utf-8")
+    except OSError as e:  # a full disk, most often: say where, and leave no half entry
+        from dpokit.writable import cache_full
+
+        raise cache_full(directory, tmp, e, "tokenized", "turn the cache off with --tokenized-cache false") from None
+    except BaseException:  # Ctrl-C: no half-written entry stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.replace(tmp, directory)
-    except OSError:  # another process wrote the same entry first
+    except OSError:  # the entry is there: written first by another process, or damaged
+        if load_entry(directory) is None:  # damaged (a truncated file): replace it with the new one
+            shutil.rmtree(directory, ignore_errors=True)
+            try:
+                os.replace(tmp, directory)
+                return
+            except OSError:
+                pass
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -96,17 +113,18 @@ def load_entry(directory: Path) -> tuple[list[TokenizedPair], TokenizeStats] | N
         return None
     try:
         meta = json.loads((directory / "stats.json").read_text(encoding="utf-8"))
+        stats = TokenizeStats.from_dict(meta["stats"])
         with np.load(directory / "ids.npz", allow_pickle=False) as data:
             parts = {}
             for part in ("prompt_ids", "chosen_ids", "rejected_ids"):
                 flat, offsets = data[part].tolist(), data[part + "_offsets"].tolist()
                 parts[part] = [flat[a:b] for a, b in zip(offsets, offsets[1:])]
-    except (OSError, ValueError, KeyError):
-        return None  # a damaged entry is simply rebuilt
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return None  # a damaged entry (a truncated file, one cut by a full disk) is simply rebuilt
     sources = meta.get("sources", [])
     pairs = [TokenizedPair(p, c, r, meta={"source": sources[i] if i < len(sources) else ""})
              for i, (p, c, r) in enumerate(zip(parts["prompt_ids"], parts["chosen_ids"], parts["rejected_ids"]))]
-    return pairs, TokenizeStats.from_dict(meta["stats"])
+    return pairs, stats
 
 
 def tokenize_cached(
@@ -142,7 +160,7 @@ def tokenize_cached(
         log(f"tokenized {len(pairs)} pairs in {time.perf_counter() - start:.1f} s with {num_proc} process(es)")
     if key is not None:
         if use_cache:
-            save_entry(cache_root() / key, tokenized, stats)
+            save_entry(cache_root() / key, tokenized, stats)  # a full disk: an error naming the entry's path
         if save_to is not None:
             save_entry(save_to / key, tokenized, stats)
     return tokenized, stats, key
@@ -154,7 +172,7 @@ def tokenize_train_eval(
 ) -> tuple[list[TokenizedPair], list[TokenizedPair]]:
     """Tokenize the training and evaluation pairs of a run (``cfg`` is its `DataConfig`), through the
     cache and a prepared directory's own entries; counts go to ``log``."""
-    from dpokit.data.sources import PREPARED_MARKER
+    from dpokit.data.resolve import PREPARED_MARKER
 
     extra = ()
     if cfg.path and (Path(cfg.path) / PREPARED_MARKER).is_file():
@@ -168,5 +186,13 @@ def tokenize_train_eval(
                                               cfg.tokenized_cache, extra, log=log, **options(cfg))
         if log is not None:
             log(f"{name} data: {stats.summary()}")
+            if advice := stats.advice(cfg.max_length, cfg.max_prompt_length):
+                log(f"  {advice}")
+        if name == "train" and not tokenized:
+            raise DataError(f"no training pairs left after tokenization: all {len(pairs)} were dropped "
+                            f"({', '.join(f'{n} {reason}' for reason, n in stats.dropped.items())})",
+                            path=cfg.path, reason="no pairs",
+                            hint=stats.advice(cfg.max_length, cfg.max_prompt_length) or "raise --max-length, or "
+                            "see the dropped rows with `dpokit data validate SOURCE --model MODEL`")
         out.append(tokenized)
     return out[0], out[1]

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dpokit.data.formats import RowProblem
+from dpokit.data.fields import RowProblem
 from dpokit.data.pairs import PreferencePair
 from dpokit.data.report import RawRow, collect_pairs
 from dpokit.errors import DataError
 
 SAMPLE_HINT = "create sample pairs with `dpokit data sample --output preference_data.jsonl`"
+INVALID_UNICODE = "invalid Unicode"
 ROW_HINT = 'each line must be one JSON object, e.g. {"prompt": "...", "chosen": "...", "rejected": "..."}'
 
 
@@ -104,9 +106,46 @@ def iter_json_rows(path: str | Path) -> Iterator[RawRow]:
                                            hint=ROW_HINT)
             continue
         seen += 1
-        yield number, None, row
+        yield number, None, (_SURROGATE_ESCAPE.search(line) and lone_surrogate(row, line)) or row
     if seen == 0:
         raise DataError("the file is empty: no rows", path=str(path), reason="empty file", hint=SAMPLE_HINT)
+
+
+# Text decoded from UTF-8 holds no surrogate; only a JSON escape (\ud800-\udfff) can put one in a string.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _surrogate(value: Any) -> str | None:
+    """The first lone UTF-16 surrogate (U+D800-U+DFFF) in a parsed JSON value's strings, keys included."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return None
+        except UnicodeEncodeError as e:
+            return value[e.start]
+    if isinstance(value, dict):
+        return next((s for item in value.items() for s in map(_surrogate, item) if s), None)
+    if isinstance(value, list):
+        return next((s for s in map(_surrogate, value) if s), None)
+    return None
+
+
+def lone_surrogate(row: dict[str, Any], text: str) -> RowProblem | None:
+    """A row whose strings hold a lone UTF-16 surrogate (JSON ``"\\ud800"`` with no pair): valid JSON, but
+    not Unicode text, which no tokenizer can encode and no UTF-8 file can hold. ``text`` is the row's JSON,
+    to find the escape's character in it."""
+    for key, value in row.items():
+        ch = _surrogate(key) or _surrogate(value)
+        if ch is None:
+            continue
+        escape = f"\\u{ord(ch):04x}"
+        found = re.search(r"(?<!\\)(?:\\\\)*" + re.escape(escape), text, flags=re.I)
+        at = f" at character {found.end() - len(escape) + 1} of the line" if found else ""
+        return RowProblem(INVALID_UNICODE, f"invalid Unicode: a lone UTF-16 surrogate ({escape}){at}, with no "
+                          "partner to make one character", column=str(key) if _surrogate(value) else None,
+                          hint=f"replace {escape} with the character it was meant to be (a pair such as "
+                          "\\ud83d\\ude00 is one character and is fine), or remove the row")
+    return None
 
 
 def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -125,11 +164,12 @@ def _json_error(e: json.JSONDecodeError, line: str | None = None) -> str:
 
     ``e.colno`` is not that for one line of JSON Lines: the line still ends with its newline, so an
     object cut off at the end of the line fails on the next (empty) line, at its column 1."""
+    msg = e.msg.removesuffix(" at")  # "Invalid control character at": the position follows
     if line is None:  # a whole file: json counts lines and columns itself
-        return f"{e.msg} at character {e.colno} of the line"
+        return f"{msg} at character {e.colno} of the line"
     line = line.rstrip("\r\n")
     at_end = ", where it ends: is the object cut off?" if e.pos >= len(line.rstrip()) else ""
-    return f"{e.msg} at character {min(e.pos, len(line)) + 1} of the line{at_end}"
+    return f"{msg} at character {min(e.pos, len(line)) + 1} of the line{at_end}"
 
 
 def _json_type(value: Any) -> str:
@@ -170,6 +210,7 @@ def _iter_array(path: Path) -> Iterator[RawRow]:
     decoder = json.JSONDecoder()
     pos = text.index("[") + 1
     line, counted, seen = 1, 0, 0
+    escapes = _SURROGATE_ESCAPE.search(text) is not None  # else no string can hold a surrogate
 
     def skip(p: int) -> int:
         while p < len(text) and text[p] in " \t\r\n":
@@ -191,7 +232,7 @@ def _iter_array(path: Path) -> Iterator[RawRow]:
             yield line, None, RowProblem("not an object", f"expected a JSON object, got a JSON {_json_type(row)}",
                                          hint="make each item of the array an object with prompt / chosen / rejected")
         else:
-            yield line, None, row
+            yield line, None, (escapes and lone_surrogate(row, "")) or row
         seen += 1
         pos = skip(end)
         if pos < len(text) and text[pos] == ",":

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpokit.data.formats import RowProblem, apply_columns, describe_format, detect_format, normalise_row
+from dpokit.data.fields import RowProblem
+from dpokit.data.formats import apply_columns, describe_format, detect_format, normalise_row
 from dpokit.data.pairs import PreferencePair
 from dpokit.errors import DataError
 
@@ -97,7 +98,8 @@ class LoadReport:
 
     def summary(self, on_bad_row: str = "error", limit: int = 10) -> list[str]:
         """Readable lines: rows, format, pairs kept, then counts by level and reason, with locations."""
-        lines = [f"{self.source}: {self.rows} rows, format {describe_format(self.format)}; {self.pairs} pairs kept"]
+        lines = [f"{self.source}: {self.rows} row{'s' if self.rows != 1 else ''}, format {describe_format(self.format)}; "
+                 f"{self.pairs} pair{'s' if self.pairs != 1 else ''} kept"]
         labels = {"error": "error" if on_bad_row == "error" else "skipped (bad row)",
                   "warning": "warning, dropped", "note": "note, kept"}
         for level in ("error", "warning", "note"):

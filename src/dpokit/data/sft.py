@@ -19,14 +19,12 @@ from typing import Any
 import torch
 
 from dpokit.config import DataConfig
-from dpokit.data.formats import RowProblem
+from dpokit.data.fields import ROLES, RowProblem, check_roles
 from dpokit.data.mixture import hold_out
 from dpokit.data.pairs import Message, PreferencePair
 from dpokit.data.sources import iter_rows, load_train_eval, main_spec
 from dpokit.data.tokenize import TokenizeStats, _chat_ids, _common_prefix, encode_pair, fit_pair
 from dpokit.errors import DataError
-
-ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass
@@ -68,7 +66,7 @@ def _message_list(value: Any, key: str, where: dict[str, Any]) -> list[Message]:
         raise DataError(f"'{key}' must be a non-empty list of {{role, content}} messages", column=key,
                         reason="wrong type", **where)
     for i, m in enumerate(value):
-        if not (isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in ROLES):
+        if not (isinstance(m, dict) and isinstance(m.get("content"), str) and "role" in m):
             raise DataError(f"message {i} of '{key}' is not a {{\"role\": {'|'.join(ROLES)}, \"content\": str}} "
                             "object", column=key, reason="wrong type", **where)
     return [{"role": m["role"], "content": m["content"]} for m in value]
@@ -78,6 +76,10 @@ def sft_item(row: Any, where: dict[str, Any], source: str) -> Item:
     """One ``{messages}`` or ``{prompt, completion}`` row as an SFT item; DataError when it is bad."""
     if not isinstance(row, dict):
         raise DataError(f"expected a JSON object, got {type(row).__name__}", reason="not an object", **where)
+    try:  # every unknown role of the row at once, before the other checks
+        check_roles(row, ("messages", "prompt", "completion"))
+    except RowProblem as p:
+        raise DataError(p.message, column=p.column, hint=p.hint, reason=p.reason, **where) from None
     if "messages" in row:
         messages = _message_list(row["messages"], "messages", where)
         if not any(m["role"] == "assistant" for m in messages):

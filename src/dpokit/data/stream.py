@@ -25,6 +25,7 @@ class DataStream:
     position: int = 0  # examples of this epoch's order already taken, by all processes together
     lengths: list[int] | None = None  # tokens per example: given, batches are grouped by length
     group: int = 1  # examples per length-sorted mega-batch
+    key: str = ""  # a fingerprint of the data (`checkpoint.data_key`): a resume must read the same
 
     def order(self, epoch: int) -> list[int]:
         """The permutation of all examples for ``epoch`` (the same on every process)."""

@@ -26,7 +26,9 @@ Rules (``tokenize_pair``):
 * **Truncation.** A prompt longer than ``max_prompt_length`` keeps its last tokens (those next to
   the answer). A pair whose prompt alone reaches ``max_length`` is dropped (a warning, counted).
   Completions longer than ``max_completion_length`` keep their first tokens, then are cut to fit
-  ``max_length`` (keeping their start); either cut counts the pair as truncated.
+  ``max_length`` (keeping their start); either cut counts the pair as truncated. A pair whose
+  completions are identical once cut (they part only past the cut) is dropped (a warning, counted):
+  it carries no preference.
 * **Masking.** Prompt tokens never count in the loss: a `TokenizedPair` keeps prompt and
   completion ids apart, and the collator scores completion tokens only.
 * **Padding.** A tokenizer without a pad token uses EOS (``prepare_tokenizer``).
@@ -56,6 +58,7 @@ FALLBACK_CHAT_TEMPLATE = (
 
 DROP_EMPTY = "empty completion"
 DROP_LONG_PROMPT = "prompt alone reaches max_length"
+DROP_SAME_AFTER_CUT = "chosen == rejected after truncation"
 
 
 @dataclass
@@ -87,6 +90,12 @@ class TokenizeStats:
             text += "; dropped (warning): " + ", ".join(f"{n} ({reason})" for reason, n in self.dropped.items())
         return text
 
+    def advice(self, max_length: int, max_prompt_length: int | None = None) -> str | None:
+        """How to keep the pairs dropped because their prompt alone reaches ``max_length``: a
+        ``--max-prompt-length`` below it keeps every one (its prompt keeps its last tokens), half of
+        ``max_length`` leaving the answers the other half; None when none was dropped so."""
+        return long_prompt_advice(self.dropped.get(DROP_LONG_PROMPT, 0), max_length, max_prompt_length)
+
     def to_dict(self) -> dict[str, Any]:
         return {"kept": self.kept, "truncated_prompt": self.truncated_prompt,
                 "truncated_completion": self.truncated_completion, "dropped": dict(self.dropped),
@@ -96,6 +105,20 @@ class TokenizeStats:
     def from_dict(cls, d: dict[str, Any]) -> TokenizeStats:
         return cls(d["kept"], d["truncated_prompt"], d["truncated_completion"], Counter(d["dropped"]),
                    d.get("dropped_sources", {}))
+
+
+def long_prompt_advice(dropped: int, max_length: int, max_prompt_length: int | None = None) -> str | None:
+    """`TokenizeStats.advice` for a count of pairs dropped as "prompt alone reaches max_length"."""
+    if not dropped:
+        return None
+    pairs = f"{dropped} pair{'s' if dropped != 1 else ''}"
+    keep = max_length // 2
+    if keep < 1:
+        return f"to keep the {pairs} dropped as their prompt alone reaches max_length {max_length}: raise --max-length"
+    now = f" (now {max_prompt_length})" if max_prompt_length is not None else ""
+    return (f"to keep the {pairs} dropped as their prompt alone reaches max_length {max_length}: pass "
+            f"--max-prompt-length {keep}{now} (a longer prompt keeps its last {keep} tokens, the answers get "
+            f"{max_length - keep}), or raise --max-length")
 
 
 def prepare_tokenizer(tokenizer: Any, chat_template: str | None = None) -> Any:
@@ -202,8 +225,12 @@ def fit_pair(
         return None
     room = min(max_length - len(prompt), max_completion_length or max_length)
     if len(chosen) > room or len(rejected) > room:
-        stats.truncated_completion += 1
+        differed = chosen != rejected  # (SFT fits its one completion as both sides)
         chosen, rejected = chosen[:room], rejected[:room]
+        if differed and chosen == rejected:  # they part only past the cut: no preference is left to learn
+            stats.drop(DROP_SAME_AFTER_CUT, source)
+            return None
+        stats.truncated_completion += 1
     stats.kept += 1
     return TokenizedPair(prompt, chosen, rejected, meta={"source": source})
 

@@ -6,7 +6,9 @@ YAML) as the positional argument, then any ``--key value`` (``--format``, ``--co
 
 * ``validate SOURCE``: reads every row and reports the row count, the detected format, and every
   problem by file and line (or row index), column and fix; errors give exit code 1 (unless
-  ``--on-bad-row skip``), and so does a source with no pairs kept; warnings and notes exit 0. With ``--model`` it also tokenizes, and
+  ``--on-bad-row skip``), and so do a faulty file (empty, not rows of objects, corrupt) and a source
+  with no pairs kept; a source that cannot be read at all (no such path, split) is exit 2; warnings
+  and notes exit 0. With ``--model`` it also tokenizes, and
   reports the rows ``--max-length`` would drop.
 * ``stats SOURCE``: token-length percentiles of prompt / chosen / rejected for a tokenizer
   (``--model``, default the built-in tiny one), how many pairs ``--max-length`` would truncate or
@@ -17,9 +19,13 @@ YAML) as the positional argument, then any ``--key value`` (``--format``, ``--co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
+import shutil
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +33,8 @@ from typing import Any
 
 from dpokit.data.pairs import PreferencePair
 from dpokit.data.report import LoadReport
-from dpokit.errors import ConfigError
+from dpokit.data.resolve import PREPARED_MARKER
+from dpokit.errors import ConfigError, DataError
 
 USAGE = """usage: dpokit data {validate,stats,prepare} SOURCE|RECIPE.yaml [--KEY VALUE ...]
 
@@ -84,13 +91,27 @@ def _print_reports(reports: list[tuple[LoadReport, str]], on_bad_row: str, detai
     return errors
 
 
+# Reasons a source cannot be checked at all (exit 2, as every mistake on the command line); any other
+# fault of the data, of one row or of the whole file (empty, not rows of objects, corrupt), is the
+# verdict `validate` is run for: exit 1.
+CANNOT_CHECK = {"missing file", "not a file", "unknown file type", "unknown split", "unknown config",
+                "cannot load", "no splits", "mixture"}
+
+
 def cmd_validate(argv: list[str]) -> int:
     config, given, unused = _config(argv)
     _warn_unused(unused)
     from dpokit.data.sources import read_train_eval
 
-    train, evaluation, reports, _ = read_train_eval(config.data, config.train.seed)
+    try:
+        train, evaluation, reports, _ = read_train_eval(config.data, config.train.seed)
+    except DataError as e:
+        if e.reason in CANNOT_CHECK:
+            raise  # the source named cannot be read at all: a mistake on the command line (exit 2)
+        print(f"error: {e}", file=sys.stderr)  # the data was read and is faulty: the check's verdict
+        return 1
     errors = _print_reports(reports, config.data.on_bad_row)
+    none_fit = False  # no training pair is left once tokenized: training would stop
     if "model.name_or_path" in given:
         from dpokit.data.tokenize import options, tokenize_pairs
 
@@ -105,6 +126,9 @@ def cmd_validate(argv: list[str]) -> int:
             for reason, sources in stats.dropped_sources.items():
                 n = len(sources)
                 print(f"  warning, dropped: {n} row{'s' if n != 1 else ''}: {reason} ({_where(sources)})")
+            if advice := stats.advice(config.data.max_length, config.data.max_prompt_length):
+                print(f"  {advice}")
+            none_fit = none_fit or (name == "train" and not stats.kept)
     else:
         print("(pass --model NAME to also check token lengths against --max-length)")
     if errors and config.data.on_bad_row == "error":
@@ -114,6 +138,10 @@ def cmd_validate(argv: list[str]) -> int:
     empty = [report for report, _ in reports if not report.pairs]
     if empty:
         print(f"validate: no pairs kept from {', '.join(r.source for r in empty)}; training would stop")
+        return 1
+    if none_fit:
+        print(f"validate: no training pair is left once tokenized at max_length {config.data.max_length}; "
+              "training would stop")
         return 1
     print("validate: ok")
     return 0
@@ -171,7 +199,7 @@ def cmd_stats(argv: list[str]) -> int:
     _print_reports(reports, "skip")
     same = sum(r.counts("error").get("chosen == rejected", 0) for r, _ in reports)
     tokenizer = _tokenizer(config)
-    from dpokit.data.tokenize import options
+    from dpokit.data.tokenize import DROP_LONG_PROMPT, DROP_SAME_AFTER_CUT, long_prompt_advice, options
 
     stats = compute_stats(train, tokenizer, config.data.max_length, config.data.max_prompt_length,
                           **options(config.data))
@@ -182,12 +210,19 @@ def cmd_stats(argv: list[str]) -> int:
         print(f"{name:<28}{row['p50']:>8}{row['p90']:>8}{row['p99']:>8}{row['max']:>8}{row['mean']:>10}")
     limit = f"max_length {stats['max_length']}" + (
         f", max_prompt_length {stats['max_prompt_length']}" if stats["max_prompt_length"] else "")
-    print(f"{limit}: {stats['would_drop']} pairs would be dropped (prompt alone reaches max_length), "
+    reasons = ", ".join(f"{n} {reason}" for reason, n in stats["would_drop_by_reason"].items())
+    print(f"{limit}: {stats['would_drop']} pairs would be dropped{f' ({reasons})' if reasons else ''}, "
           f"{stats['would_truncate_completion']} would have completions truncated, "
           f"{stats['would_truncate_prompt']} prompts truncated")
+    if advice := long_prompt_advice(stats["would_drop_by_reason"].get(DROP_LONG_PROMPT, 0), config.data.max_length,
+                                    config.data.max_prompt_length):
+        print(f"  {advice}")
     print(f"duplicates: {stats['duplicate_pairs']} pairs repeat an earlier pair; "
           f"{stats['repeated_prompts']} prompts repeat an earlier prompt")
-    print(f"chosen == rejected: {same} rows")
+    cut = stats["would_drop_by_reason"].get(DROP_SAME_AFTER_CUT, 0)
+    print(f"chosen == rejected: {same} rows; {cut} more pair{'s' if cut != 1 else ''} once truncated to max_length "
+          f"{config.data.max_length}"
+          + (" (dropped: they part only past the cut)" if cut else ""))
     return 0
 
 
@@ -196,23 +231,51 @@ def cmd_prepare(argv: list[str]) -> int:
     _warn_unused(unused)
     if "output.dir" not in given:
         raise ConfigError("dpokit data prepare needs --output-dir DIR (where the prepared data goes)")
-    from dpokit.data.cache import tokenize_cached
-    from dpokit.data.jsonl import write_jsonl
-    from dpokit.data.sources import PREPARED_MARKER, load_train_eval
-    from dpokit.data.tokenize import options
+    from dpokit.data.sources import load_train_eval
 
     out = Path(config.output.dir)
     train, evaluation = load_train_eval(config.data, config.train.seed, log=print)
+    created = not out.exists()
+    parts = {"train.jsonl": train, "eval.jsonl": evaluation}
+    try:
+        info = _write_prepared(out, parts, config, "model.name_or_path" in given)
+    except BaseException as e:  # a full disk, Ctrl-C: the previous prepared data stays as it was
+        for name in [*parts, PREPARED_MARKER]:
+            with contextlib.suppress(OSError):  # (DIR may be a file: the error below says so)
+                (out / f"{name}.tmp").unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(out)
+        raise
+    (out / PREPARED_MARKER).unlink(missing_ok=True)  # the marker goes last: never beside half-moved files
+    for name, pairs in parts.items():
+        if pairs:
+            os.replace(out / f"{name}.tmp", out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    os.replace(out / f"{PREPARED_MARKER}.tmp", out / PREPARED_MARKER)
+    print(f"prepared {_prepared(len(train), len(evaluation), info['tokenized'])} in {out}; "
+          f"train on them with `dpokit train --data {out}`")
+    return 0
+
+
+def _write_prepared(out: Path, parts: dict[str, list[PreferencePair]], config: Any, tokenize: bool) -> dict[str, Any]:
+    """Write the pairs (``NAME.tmp``), their tokenized entries and the marker (``.tmp``) into ``out``; the
+    caller moves them into place once all are written."""
+    from dpokit.data.cache import tokenize_cached
+    from dpokit.data.jsonl import write_jsonl
+    from dpokit.data.tokenize import options
+
     out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(out / "train.jsonl", [p.to_dict() for p in train])
-    if evaluation:
-        write_jsonl(out / "eval.jsonl", [p.to_dict() for p in evaluation])
-    elif (out / "eval.jsonl").exists():
-        (out / "eval.jsonl").unlink()
+    for name, pairs in parts.items():
+        if pairs:
+            write_jsonl(out / f"{name}.tmp", [p.to_dict() for p in pairs])
+    train, evaluation = parts["train.jsonl"], parts["eval.jsonl"]
     info: dict[str, Any] = {"dpokit_prepared": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                             "source": config.data.path or "mixture", "train_pairs": len(train),
                             "eval_pairs": len(evaluation), "data": _jsonable(config.data), "tokenized": []}
-    if "model.name_or_path" in given:
+    if tokenize:
         tokenizer = _tokenizer(config)
         for name, pairs in (("train", train), ("eval", evaluation)):
             if not pairs:
@@ -221,14 +284,25 @@ def cmd_prepare(argv: list[str]) -> int:
                                             config.data.num_proc, config.data.tokenized_cache,
                                             save_to=out / "tokenized", log=print, **options(config.data))
             print(f"{name}: {stats.summary()}")
+            if advice := stats.advice(config.data.max_length, config.data.max_prompt_length):
+                print(f"  {advice}")
             info["tokenized"].append({"part": name, "model": config.model.name_or_path, "key": key,
                                       "max_length": config.data.max_length,
-                                      "max_prompt_length": config.data.max_prompt_length})
-    (out / PREPARED_MARKER).write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
-    tokenized = " and tokenized" if info["tokenized"] else " (pass --model to tokenize as well)"
-    print(f"prepared {len(train)} train / {len(evaluation)} eval pairs in {out}{tokenized}; "
-          f"train on them with `dpokit train --data {out}`")
-    return 0
+                                      "max_prompt_length": config.data.max_prompt_length,
+                                      "pairs": len(pairs), "kept": stats.kept})
+    (out / f"{PREPARED_MARKER}.tmp").write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+    return info
+
+
+def _prepared(train: int, evaluation: int, tokenized: list[dict[str, Any]]) -> str:
+    """``2308 train / 0 eval pairs, tokenized at max_length 256: 1574 train pairs kept (734 dropped)``:
+    the pairs that survive tokenization, not only those read."""
+    text = f"{train} train / {evaluation} eval pairs"
+    if not tokenized:
+        return text + " (not tokenized: pass --model to see how many fit --max-length)"
+    kept = ", ".join(f"{t['kept']} {t['part']} pairs kept" + (f" ({t['pairs'] - t['kept']} dropped)"
+                                                              if t["kept"] < t["pairs"] else "") for t in tokenized)
+    return f"{text}, tokenized with max_length {tokenized[0]['max_length']}: {kept}"
 
 
 def _jsonable(obj: Any) -> Any:

@@ -61,8 +61,8 @@ def resolve_report_to(report_to: Sequence[str] | str | None) -> list[str]:
     package is installed), ``tensorboard``, ``wandb``, ``jsonl``; a comma-separated string works too."""
     if report_to is None:
         return []
-    raw = report_to.split(",") if isinstance(report_to, str) else list(report_to)
-    names = [str(n).strip().lower() for n in raw if str(n).strip()]
+    raw = [report_to] if isinstance(report_to, str) else list(report_to)
+    names = [n.strip().lower() for item in raw for n in str(item).split(",") if n.strip()]
     known = [*TRACKERS, *ALWAYS_ON, "all", "none"]
     for name in names:
         if name not in known:

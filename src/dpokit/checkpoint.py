@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dpokit import dist
+from dpokit import dist, sharded
 from dpokit.atomic import MARKER, pause, write_atomically
 from dpokit.errors import ConfigError, DpokitError
 from dpokit.lora import find_peft, save_policy
@@ -104,18 +104,29 @@ def changed_keys(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
             if a.get(k) != b.get(k) and not any(k == h or (h.endswith(".") and k.startswith(h)) for h in HARMLESS)]
 
 
-def check_resumable(path: Path, task: str, config: dict[str, Any]) -> dict[str, Any]:
+def check_resumable(path: Path, task: str, config: dict[str, Any], world_size: int = 1) -> dict[str, Any]:
     """The checkpoint's state, once it is known to fit this run: same task, no result-changing key
-    changed. Made before any model loads."""
+    changed. Made before any model loads. The batch per process may change with the number of
+    processes (``world_size``) when the batch of a whole step stays the same."""
     state = read_state(path)
     if state.get("task") != task:
         raise ConfigError(f"--resume {path}: the checkpoint is of a '{state.get('task')}' run, this is '{task}'")
     changed = changed_keys(state["config"], config)
+    if same_step_batch(state["config"], config, int(state.get("world_size", 1)), world_size):
+        changed = [k for k in changed if k not in ("train.batch_size", "train.grad_accum")]
     if changed:
         raise ConfigError(f"--resume {path}: the config differs in {', '.join(changed)}, which would change the "
                           "result\n  fix: resume with the settings of the run that wrote the checkpoint "
                           f"(its {path / 'config.yaml'}), or start a new run with a new --output")
     return state
+
+
+def same_step_batch(saved: dict[str, Any], now: dict[str, Any], saved_world: int, world: int) -> bool:
+    """Whether both runs take the same examples per optimizer step (batch x accumulation x processes)."""
+    def per_step(cfg: dict[str, Any], n: int) -> int:
+        return int(cfg["train"]["batch_size"]) * int(cfg["train"]["grad_accum"]) * n
+
+    return per_step(saved, saved_world) == per_step(now, world)
 
 
 def data_key(lengths: list[int]) -> str:
@@ -249,9 +260,12 @@ def save_weights(policy: torch.nn.Module, path: Path) -> None:
 
 def load_weights(policy: torch.nn.Module, path: Path) -> None:
     """Put a checkpoint's weights into ``policy`` in place (its parameters, and so the optimizer's
-    references to them, stay the same objects)."""
+    references to them, stay the same objects). A sharded checkpoint's weights go through DCP."""
     from safetensors.torch import load_file
 
+    if sharded.has_shards(path):
+        sharded.load(policy, None, path)
+        return
     peft = find_peft(policy)
     if peft is not None:
         from peft import set_peft_model_state_dict
@@ -285,12 +299,17 @@ def save_checkpoint(run: Run) -> Path:
     best one stays) and mirror it."""
     path = run.out_dir / f"{PREFIX}{run.state.step}"
 
+    shards = sharded.is_sharded(run.policy)
+
     def write(tmp: Path) -> None:
+        if shards:  # FSDP2: every rank its part of the weights and optimizer state (``sharded.py``)
+            sharded.save(run.policy, run.optimizer, tmp)
         if run.info.is_main:
-            save_weights(run.policy, tmp)
+            if not shards:
+                save_weights(run.policy, tmp)
+                save_object(run.optimizer.state_dict(), tmp / "optimizer.pt")
             run.tokenizer.save_pretrained(tmp)
             run.config.save(tmp / "config.yaml")
-            save_object(run.optimizer.state_dict(), tmp / "optimizer.pt")
             save_object(run.scheduler.state_dict(), tmp / "scheduler.pt")
             if run.scaler.is_enabled():
                 save_object(run.scaler.state_dict(), tmp / "scaler.pt")
@@ -317,8 +336,11 @@ def load_checkpoint(run: Run, path: Path, state: dict[str, Any]) -> None:
     if state.get("reference_key") != run.task.key():
         raise ConfigError(f"--resume {path}: the reference log-probs differ from the ones the run started with "
                           "(another reference model or data)\n  fix: resume with the run's own settings")
-    load_weights(run.policy, path)
-    run.optimizer.load_state_dict(load_object(path / "optimizer.pt"))
+    if sharded.has_shards(path):  # written by a sharded run; DCP reshards to this run's layout
+        sharded.load(run.policy, run.optimizer, path)
+    else:
+        load_weights(run.policy, path)
+        run.optimizer.load_state_dict(load_object(path / "optimizer.pt"))
     run.scheduler.load_state_dict(load_object(path / "scheduler.pt"))
     if run.scaler.is_enabled() and (path / "scaler.pt").is_file():
         run.scaler.load_state_dict(load_object(path / "scaler.pt"))
@@ -340,10 +362,15 @@ def load_checkpoint(run: Run, path: Path, state: dict[str, Any]) -> None:
 
 def save_final(run: Run, path: Path) -> None:
     """The final model, a Hugging Face directory (with LoRA: merged, the adapter in ``adapter/``),
-    replacing an older one only once it is whole."""
+    replacing an older one only once it is whole. A sharded model is gathered first."""
+    full = sharded.full_weights(run.policy) if sharded.is_sharded(run.policy) else None  # every rank takes part
+
     def write(tmp: Path) -> None:
         if run.info.is_main:
-            save_policy(run.policy, tmp, run.tokenizer)
+            if full is not None:
+                sharded.save_consolidated(full, run.task.model_config, tmp, run.tokenizer)
+            else:
+                save_policy(run.policy, tmp, run.tokenizer)
             run.tokenizer.save_pretrained(tmp)
             run.config.save(tmp / "dpokit_config.yaml")
             (tmp / STATE).write_text(json.dumps({**asdict(run.state), "total_steps": run.total_steps}, indent=2))

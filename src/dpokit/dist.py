@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as td
 
+from dpokit.errors import rank_prefix
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -33,7 +35,29 @@ def init(device_type: str = "cpu") -> DistInfo:
         return DistInfo()
     if not td.is_initialized():
         td.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        if td.get_rank() != 0:
+            _prefix_warnings()
     return DistInfo(td.get_rank(), td.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _prefix_warnings() -> None:
+    """Python warnings of this (non-zero) rank carry its rank, so N copies of one warning read apart."""
+    import warnings
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        shown(f"{rank_prefix()}{message}", category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
+def is_initialized() -> bool:
+    return td.is_initialized()
+
+
+def world_size() -> int:
+    return td.get_world_size() if td.is_initialized() else 1
 
 
 def is_main() -> bool:
@@ -61,9 +85,22 @@ def any_true(flag: bool) -> bool:
     return bool(value.item())
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` of all processes (every process must call it)."""
+    if not td.is_initialized():
+        return value
+    tensor = torch.tensor([float(value)])
+    td.all_reduce(tensor, op=td.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def gradient_sync(module: torch.nn.Module, sync: bool) -> AbstractContextManager:
     """A context in which ``module``'s backward passes all-reduce gradients only when ``sync``: under
-    gradient accumulation the micro-steps before the last skip DDP's all-reduce (``no_sync``)."""
+    gradient accumulation the micro-steps before the last skip DDP's all-reduce (``no_sync``) or
+    FSDP2's reduce-scatter (``set_requires_gradient_sync``)."""
+    if hasattr(module, "set_requires_gradient_sync"):
+        module.set_requires_gradient_sync(sync)
+        return nullcontext()
     if sync or not hasattr(module, "no_sync"):
         return nullcontext()
     return module.no_sync()
@@ -94,6 +131,15 @@ def all_gather_object(obj: object) -> list[object]:
     out: list[object] = [None] * td.get_world_size()
     td.all_gather_object(out, obj)
     return out
+
+
+@torch.no_grad()
+def broadcast_from_main(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers (what DDP does when it wraps a model): fresh
+    weights drawn per rank, such as LoRA's ``A``, then start the same everywhere."""
+    if td.is_initialized() and td.get_world_size() > 1:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            td.broadcast(tensor.data, src=0)
 
 
 def wrap_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class DpokitError(Exception):
     """An error caused by the user's input or configuration; the CLI prints it without a traceback."""
@@ -71,3 +73,10 @@ def os_error_message(error: OSError) -> str:
         return text
     path = f"{error.filename}" + (f" -> {error.filename2}" if error.filename2 else "")
     return f"{path}: {text}"
+
+
+def rank_prefix() -> str:
+    """``[rank N] `` on the processes of a launch other than rank 0 (their messages are told apart),
+    else empty. Read from the launcher's ``RANK``, so it holds after the process group is gone."""
+    rank = os.environ.get("RANK", "0")
+    return f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 and rank != "0" else ""

@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 
-from dpokit.errors import DpokitError, RuntimeFault, os_error_message
+from dpokit.errors import DpokitError, RuntimeFault, os_error_message, rank_prefix
 
 DEBUG_FLAG = "--debug"
 RUNTIME_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.ENOMEM}  # the machine's state, not the input
@@ -83,7 +83,7 @@ def report(error: BaseException, command: str = "", debug: bool = False) -> int:
     if debug:
         traceback.print_exception(error, file=sys.stderr)
     text, code = describe(error, command)
-    print(text, file=sys.stderr, flush=True)
+    print(rank_prefix() + text, file=sys.stderr, flush=True)  # "[rank N] error: ..." on the other ranks
     return code
 
 

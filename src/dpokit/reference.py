@@ -105,6 +105,7 @@ class FrozenModel(Reference):
         model.eval()
         model.requires_grad_(False)
         self.model, self.name, self.policy = model, name, policy
+        self.scorer = SequenceScorer(model)  # kept: under FSDP2 it is the sharded root (``fsdp.py``)
         self.refresh_steps, self.refresh_mix = refresh_steps, refresh_mix
         self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         if refresh_steps is not None:
@@ -114,7 +115,7 @@ class FrozenModel(Reference):
 
     @torch.no_grad()
     def logps(self, batch: PreferenceBatch, pairs: list[TokenizedPair]) -> SequenceLogps:
-        return SequenceScorer(self.model)(batch).detach()
+        return self.scorer(batch).detach()
 
     @torch.no_grad()
     def on_step(self, step: int) -> None:
@@ -196,13 +197,14 @@ class AdapterDisabled(Reference):
     def __init__(self, policy: nn.Module) -> None:
         self.policy = policy
         self.peft = find_peft(policy)
+        self.scorer: nn.Module = SequenceScorer(policy)  # under FSDP2: the policy's sharded scorer
         if self.peft is None:
             raise ConfigError("model.reference 'lora' needs a policy with LoRA adapters (--lora true)")
 
     @torch.no_grad()
     def logps(self, batch: PreferenceBatch, pairs: list[TokenizedPair]) -> SequenceLogps:
         with self.peft.disable_adapter():
-            return SequenceScorer(self.policy)(batch).detach()
+            return self.scorer(batch).detach()
 
     def describe(self) -> str:
         return "the policy with its LoRA adapters off"

@@ -27,7 +27,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from dpokit import checkpoint, dist
+from dpokit import checkpoint, dist, fsdp, launch
 from dpokit.config import Config, TrainConfig
 from dpokit.data.stream import DataStream
 from dpokit.divergence import last_checkpoint
@@ -70,6 +70,7 @@ def seed_everything(seed: int) -> None:
 def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     """Build a run of ``task`` (``dpo`` or ``sft``): data (checked first), tokenizer, models,
     optimizer, and with ``train.resume`` the checkpoint's state."""
+    notes = launch.from_accelerate(config)  # what an accelerate config file asks for, from the environment
     device = resolve_device(config.model.device)
     info = dist.init(device.type)
     check_trackers(config.output)  # a report_to package missing stops the run here, before the data loads
@@ -79,11 +80,15 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     given = config.to_dict()  # before the model changes anything (the layout it allows)
     out_dir = Path(config.output.dir)
     log = MetricsLog(None, enabled=info.is_main)
+    for note in notes:
+        log.print(note)
     job = make_task(task, config)
     job.load(log.print)  # bad data stops us here, before any model loads
     check_optimizer(config.train, device)  # and a bad optimizer
+    fsdp.check(config.train, precision, config.model.ref_refresh_steps, config.model.load_in_4bit)
     resume_from = checkpoint.find(config.train.resume, out_dir) if config.train.resume else None
-    resume_state = checkpoint.check_resumable(resume_from, job.name, given) if resume_from else None
+    resume_state = (checkpoint.check_resumable(resume_from, job.name, given, info.world_size)
+                    if resume_from else None)
     check_weights_outside(config.model.weights, out_dir, resume_from is not None)  # never overwrite the start
     if resume_from is not None:  # its weights whole, before any model loads
         check_saved_weights(resume_from)
@@ -111,7 +116,8 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     job.prepare(policy, device, precision, steps, log.print)  # the reference comes from the starting policy
     if config.model.compile:  # after the reference is copied: the copy stays uncompiled
         compile_decoder(policy)
-    scorer = dist.wrap_ddp(SequenceScorer(policy), device)
+    scorer = fsdp.place(SequenceScorer(policy), getattr(job, "reference", None), config.train, precision, device,
+                        log.print)  # DDP, or FSDP2 shards (the reference's too)
     optimizer = build_optimizer(policy, config.train, device)
     scheduler = build_scheduler(optimizer, config.train, steps)
     stream = DataStream(len(job.train), config.train.seed, info.rank, info.world_size)
@@ -192,7 +198,7 @@ def optimizer_step(run: Run) -> float:
     params = [p for p in run.policy.parameters() if p.requires_grad]
     max_norm = run.config.train.max_grad_norm if run.config.train.max_grad_norm > 0 else math.inf
     run.scaler.unscale_(run.optimizer)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grad_norm = fsdp.clip_grad_norm(params, max_norm)
     if not math.isfinite(grad_norm) and not run.scaler.is_enabled():
         raise RuntimeFault(
             f"step {run.state.step + 1}: the gradient norm is {grad_norm}; the run is stopped before the "
@@ -213,11 +219,16 @@ def evaluate(run: Run) -> dict[str, float]:
     step = max(0, run.state.step - 1)  # the last training step's settings (beta), logged on the same row
     mine = run.task.eval[run.info.rank :: run.info.world_size]
     size = run.config.train.eval_batch_size or run.config.train.batch_size
-    for start in range(0, len(mine), size):
-        examples = mine[start : start + size]
+    batches = [mine[start : start + size] for start in range(0, len(mine), size)]
+    # FSDP2's forward gathers weights with every rank: a rank with fewer batches joins with a spare one.
+    rounds = dist.max_over_ranks(len(batches)) if fsdp.is_sharded(run.policy) else len(batches)
+    for i in range(rounds):
+        examples = batches[i] if i < len(batches) else run.task.eval[:1]
         batch = run.task.batch(examples)
         with autocast(run.precision, run.device):
-            window.add(run.task.forward(run.scorer, batch, examples, step))
+            out = run.task.forward(run.scorer, batch, examples, step)
+        if i < len(batches):
+            window.add(out)
     run.policy.train()
     return window.means(prefix="eval_")
 

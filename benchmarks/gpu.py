@@ -24,7 +24,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import Case, main  # noqa: E402
+from measure import Case  # noqa: E402
+from run import main  # noqa: E402
 
 DEFAULTS = ["--device", "cuda", "--size", "360m", "--max-length", "1024", "--batch-size", "16",
             "--markdown", str(HERE / "RESULTS-gpu.md"), "--results", str(HERE / "results-gpu.json"),

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assets import SIZES, build_assets
-from run import Case, Result, run_case, workload
+from measure import Case, Result, run_case, workload
 
 GRIDS = {"full": ("27m,125m,360m", "256,512,1024,2048", 20), "reduced": ("27m,125m", "256,1024", 6)}
 SIZE_LENGTH = 512  # max_length of the size sweep (the main table's)

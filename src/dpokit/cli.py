@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in ("train", "sft"):
             return cmd_train(argv[1:], argv[0])
         if len(argv) >= 2 and argv[0] == "data" and argv[1] in ("validate", "stats", "prepare"):
-            from dpokit.data.validate import run as run_data_command
+            from dpokit.datacmd import run as run_data_command
 
             return run_data_command(argv[1], argv[2:])
         args, extra = build_parser().parse_known_args(argv)

@@ -4,6 +4,7 @@ through the real ``from_pretrained`` path."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,25 @@ def aligned_run(tmp_path_factory, tiny_dir) -> Path:
                  "--logging-steps", "10", "--save-steps", "5", "--max-length", "128", "--precision", "fp32",
                  "--progress", "false", "--output", str(root / "run")]) == 0
     return root
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real tmpfs (``mount(bytes, readonly=False)`` -> its mount point), for full and read-only disks
+    (a full disk cannot be faked honestly); skipped where mounting is refused; unmounted after."""
+    mounted = []
+
+    def mount(size: int, readonly: bool = False) -> Path:
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        options = f"size={size}" + (",ro" if readonly else "")
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from dpokit.cli import main
 
 NO_MODEL = "/nonexistent/model-dir"  # a run must stop on the data before it would try to load this
@@ -171,21 +169,8 @@ def test_train_with_every_pair_dropped_names_the_flag_that_keeps_them(tmp_path, 
     assert out.endswith("validate: no training pair is left once tokenized at max_length 16; training would stop\n")
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 256 KiB tmpfs (root only, as a full disk cannot be faked honestly), unmounted after."""
-    import subprocess
-
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", str(mount)], capture_output=True)
-
-
 def test_prepare_on_a_full_disk_keeps_the_previous_prepared_data(small_disk, capsys):
+    small_disk = small_disk(256 * 1024)  # a real 256 KiB tmpfs
     from conftest import HH_RLHF
 
     source = write(small_disk.parent / "pairs.jsonl", CUT_PAIRS)
@@ -205,6 +190,7 @@ def test_prepare_on_a_full_disk_keeps_the_previous_prepared_data(small_disk, cap
 
 
 def test_a_full_cache_disk_names_the_cache_and_leaves_no_half_entry(small_disk, tmp_path, monkeypatch, capsys):
+    small_disk = small_disk(256 * 1024)
     (small_disk / "filler").write_bytes(b"\0" * (256 * 1024 - 4096))
     monkeypatch.setenv("DPOKIT_CACHE", str(small_disk))
     source = write(tmp_path / "pairs.jsonl", CUT_PAIRS)

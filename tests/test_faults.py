@@ -41,27 +41,6 @@ def train_args(data: Path, model: str | Path, out: Path, *extra: str) -> list[st
             "--output", str(out), *extra]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real tmpfs (``mount(bytes, readonly)``); skipped where mounting is refused."""
-    mounted = []
-
-    def mount(size: int, readonly: bool = False) -> Path:
-        point = tmp_path / f"disk{len(mounted)}"
-        point.mkdir()
-        options = f"size={size}" + (",ro" if readonly else "")
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", "-l", str(point)], capture_output=True)
-
-
 # ---- model directories ------------------------------------------------------------------------
 
 

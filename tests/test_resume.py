@@ -197,26 +197,6 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path, llama_dir):
     assert not (out / "final").exists()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real tmpfs of a size set by the test (``mount(bytes)``); skipped where mounting is refused."""
-    mounted = []
-
-    def mount(size: int) -> Path:
-        point = tmp_path / f"disk{len(mounted)}"
-        point.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
-                                capture_output=True, text=True)
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", "-l", str(point)], capture_output=True)
-
-
 def test_a_disk_that_fills_keeps_the_last_good_checkpoint(tmp_path, llama_dir, small_disk, capsys):
     data = write_pairs(tmp_path / "d.jsonl")
     args = common(data, llama_dir, steps=6, save=2)

@@ -37,6 +37,7 @@ def test_early_stopping_keeps_and_loads_the_best_checkpoint(tmp_path, tiny_dir, 
     final, kept = load_file(str(out / "final" / "model.safetensors")), load_file(
         str(out / f"checkpoint-{best}" / "model.safetensors"))
     assert all(final[k].equal(kept[k]) for k in kept)
+    assert json.loads((out / "final" / "trainer_state.json").read_text())["weights_step"] == best  # eval's beta
     # The mirror holds the checkpoints that remain, the final model and the logs.
     assert sorted(p.name for p in mirror.glob("checkpoint-*")) == names
     assert (mirror / "dpo_model" / "model.safetensors").is_file() and (mirror / "logs" / "metrics.jsonl").is_file()

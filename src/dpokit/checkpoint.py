@@ -373,7 +373,8 @@ def save_final(run: Run, path: Path) -> None:
                 save_policy(run.policy, tmp, run.tokenizer)
             run.tokenizer.save_pretrained(tmp)
             run.config.save(tmp / "dpokit_config.yaml")
-            (tmp / STATE).write_text(json.dumps({**asdict(run.state), "total_steps": run.total_steps}, indent=2))
+            (tmp / STATE).write_text(json.dumps({**asdict(run.state), "total_steps": run.total_steps,
+                                                     "weights_step": run.weights_step or run.state.step}, indent=2))
 
     latest = checkpoints(run.out_dir) if run.info.is_main else []
     kept = f"; the last checkpoint, {latest[-1]}, is intact (--resume latest continues from it)" if latest else ""

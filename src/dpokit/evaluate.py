@@ -70,12 +70,13 @@ def saved_config(model: str, log=print) -> Config | None:
 
 
 def run_beta(model: str, loss: LossConfig) -> float:
-    """The beta of the run's last optimizer step (what its final evaluation used); ``loss.beta`` when
-    the run saved no step counts."""
+    """The beta of the step whose weights ``model`` holds (the last optimizer step, or the best one under
+    ``load_best_model_at_end``): what that step's evaluation used; ``loss.beta`` when the run saved no
+    step counts."""
     path = Path(model).expanduser() / RUN_STATE
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-        step, total = int(state["step"]), int(state["total_steps"])
+        step, total = int(state.get("weights_step") or state["step"]), int(state["total_steps"])  # the best
     except (OSError, ValueError, KeyError, TypeError):
         return loss.beta
     return beta_at(loss.beta, loss.beta_schedule, max(0, step - 1), total)

@@ -69,3 +69,4 @@ class Run:
     log: MetricsLog
     window: Metrics  # the metrics of the logging window in progress
     watch: Watcher  # `watch.Watch`: throughput, margin logs, diagnostics, early stopping, the mirror
+    weights_step: int | None = None  # the step whose weights the policy holds, when not the last

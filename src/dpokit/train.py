@@ -359,6 +359,7 @@ def load_best(run: Run) -> None:
                       "the last weights")
         return
     checkpoint.load_weights(run.policy, best)
+    run.weights_step = stopper.best_step
     run.log.print(f"final/ holds the best checkpoint, {best} ({stopper.metric} {stopper.best_value:.6g} at step "
                   f"{stopper.best_step})")
 

@@ -8,7 +8,8 @@ works the same way with rank 0 of 1. The rest of the code asks `is_main()`, `bar
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,17 @@ def is_main() -> bool:
 def barrier() -> None:
     if td.is_initialized():
         td.barrier()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. builds a cache entry); the other ranks run it after, when
+    what it made is there. One process: just the block."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -95,7 +95,8 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     if info.is_main:  # a bad --output stops us here too
         checkpoint.check_output_dir(out_dir, resume_from is not None, log.print)
 
-    job.model_config = resolve(config.model)  # ``tiny``: the built-in model's directory
+    with dist.main_first():  # ``tiny``: the built-in model's directory, built once, by rank 0
+        job.model_config = resolve(config.model)
     fit_context(config.data, job.model_config.weights or job.model_config.name_or_path,
                 config.model.name_or_path == TINY, log.print, trust_remote_code=config.model.trust_remote_code)
     tokenizer = load_tokenizer(job.model_config)

@@ -75,7 +75,7 @@ def build_tokenizer(path: Path):
 
 
 # (hidden, MLP, layers, heads, max positions) of each model size; the vocabulary is the tokenizer's.
-SIZES = {"27m": (512, 1408, 6, 8, 1024), "125m": (768, 3072, 12, 12, 4096), "360m": (1024, 3328, 24, 16, 4096)}
+SIZES = {"27m": (512, 1408, 6, 8, 4096), "125m": (768, 3072, 12, 12, 4096), "360m": (1024, 3328, 24, 16, 4096)}
 
 
 def build_model(path: Path, tokenizer, seed: int = 0, size: str = "27m") -> int:

@@ -164,7 +164,6 @@ def main(argv: list[str] | None = None, cases: list[Case] | None = None, trl_cas
     table = markdown(results, {c.name: c for c in cases}, header) if results else ""
     sweep = []
     if args.sweep != "none":
-        sys.modules.setdefault("run", sys.modules[__name__])  # one module (and one peak cache) for both
         import scaling
 
         sweep = scaling.run_sweep(args, work, env, trl_cases[0] if args.trl_python else None, results)

@@ -149,7 +149,7 @@ def test_default_generate_model_missing(tmp_path, monkeypatch, capsys):
 
 
 def test_hub_ids_are_not_local_paths():
-    from dpokit.generate import looks_local
+    from dpokit.modelcheck import looks_local
 
     assert not looks_local("gpt2") and not looks_local("org/name") and not looks_local("Qwen/Qwen2.5-0.5B")
     assert looks_local("./x") and looks_local("/x") and looks_local("~/x") and looks_local("out/final")

@@ -68,6 +68,18 @@ def test_every_unknown_role_of_a_row_is_reported_at_once(tmp_path, capsys):
            "'assistant'" in err and "Traceback" not in err
 
 
+def test_a_message_without_a_role_is_a_located_wrong_type(tmp_path, capsys):
+    row = {"prompt": [{"content": "hi"}], "chosen": [{"role": "assistant", "content": "yes"}],
+           "rejected": [{"role": "assistant", "content": "no"}]}
+    assert main(["data", "validate", str(write(tmp_path / "chat.jsonl", [row]))]) == 1
+    out = capsys.readouterr().out
+    assert "wrong type" in out and "line 1" in out and "KeyError" not in out
+    sft = write(tmp_path / "sft.jsonl", [{"messages": [{"content": "hi"}, {"role": "assistant", "content": "ok"}]}])
+    assert main(["sft", "--data", str(sft), "--model", NO_MODEL, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {sft}, line 1") and "KeyError" not in err and "Traceback" not in err
+
+
 SHARED = " ".join(["the answer starts with a long part that both responses share word for word"] * 4)
 CUT_PAIRS = [GOOD, {"prompt": "Say it.", "chosen": SHARED + " and ends well.", "rejected": SHARED + " and ends badly."},
              {"prompt": " ".join(["a prompt far longer than the whole sequence may be"] * 8), "chosen": "Yes.",

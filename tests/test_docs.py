@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "dpokit"
-DOCS = sorted((ROOT / "docs").glob("*.md"))  # the drafts folder is the integrator's inbox, not docs
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [ROOT / "README.md", *DOCS]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 MODEL_NAME = re.compile(r"^[\w.-]+(/[\w.-]+)?$")  # gpt2, owner/name

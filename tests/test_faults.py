@@ -256,7 +256,7 @@ def test_out_of_memory_is_a_runtime_fault_with_fixes():
 
     from dpokit.failures import describe
 
-    text, code = describe(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"))
+    text, code = describe(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"))
     error, fix = text.splitlines()
     assert code == 1 and error.startswith("error: out of GPU memory (CUDA out of memory")
     assert "--batch-size" in fix and "--gradient-checkpointing" in fix

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dpokit import dist
-from dpokit.errors import RuntimeFault, os_error_message
+from dpokit.errors import RuntimeFault, write_failure
 
 PAUSE_ENV = "DPOKIT_CHECKPOINT_PAUSE"  # fault injection: seconds the writer waits between files (tests)
 MARKER = "checkpoint_complete.json"
@@ -52,17 +52,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _failure(error: BaseException) -> str:
-    if isinstance(error, OSError):
-        return os_error_message(error)
-    text = " ".join(str(error).split())
-    if "No space left" in text or "StorageFull" in text:  # safetensors' SafetensorError is no OSError
-        return "no space left on device"
-    if "Permission denied" in text or "PermissionDenied" in text:
-        return "permission denied"
-    return f"{type(error).__name__}: {text[:300]}"
 
 
 def write_atomically(path: Path, write: Callable[[Path], None], marker: dict[str, Any] | None = None,
@@ -109,6 +98,6 @@ def write_atomically(path: Path, write: Callable[[Path], None], marker: dict[str
                 os.replace(old, path)
             if path.is_dir():
                 kept = f"; the earlier {path} is kept as it was{kept}"
-        why = _failure(error) if error is not None else "another process could not write its part"
+        why = write_failure(error) if error is not None else "another process could not write its part"
         raise SaveError(f"could not save the {what} {path}: {why}{kept}\n  fix: free disk space or choose another "
                         "--output (the space it needs is about the size of the model and optimizer state)")

@@ -288,7 +288,8 @@ def load_weights(policy: torch.nn.Module, path: Path) -> None:
 
 
 def trainer_state(run: Run) -> dict[str, Any]:
-    return {"task": run.task.name, "counters": asdict(run.state), "stream": {**run.stream.state(), "size": run.stream.size, "data": run.stream.key},
+    return {"task": run.task.name, "counters": asdict(run.state),
+            "stream": {**run.stream.state(), "size": run.stream.size, "data": run.stream.key},  # `check_same_data`
             "total_steps": run.total_steps, "world_size": run.info.world_size,
             "window": run.window.state_dict(), "reference_key": run.task.key(), "config": run.given,
             "watch": run.watch.state_dict()}

@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     from dpokit.eval_cli import add_compare, add_eval, add_label
     from dpokit.plot import add_parser as plot_parser
 
-    parser = Parser(prog="dpokit", description="Align causal LMs with human preferences (DPO).")
+    parser = Parser(prog="dpokit", description="Align causal LMs with human preferences (DPO).",
+                    epilog="--debug anywhere on the command line (or DPOKIT_DEBUG=1) adds the traceback to an error")
     parser.add_argument("--version", action="version", version=f"dpokit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("train", help="train with DPO (see `dpokit train --help`)", add_help=False)
@@ -245,7 +246,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except SystemExit:
-        raise  # argparse's usage errors and --help
     except Exception as e:  # noqa: BLE001 (the boundary: the user sees `error:` / `fix:`, never a traceback)
         return report(e, command if not command.startswith("-") else "", debug)

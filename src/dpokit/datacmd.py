@@ -295,7 +295,7 @@ def _write_prepared(out: Path, parts: dict[str, list[PreferencePair]], config: A
 
 
 def _prepared(train: int, evaluation: int, tokenized: list[dict[str, Any]]) -> str:
-    """``2308 train / 0 eval pairs, tokenized at max_length 256: 1574 train pairs kept (734 dropped)``:
+    """``2308 train / 0 eval pairs, tokenized with max_length 256: 1574 train pairs kept (734 dropped)``:
     the pairs that survive tokenization, not only those read."""
     text = f"{train} train / {evaluation} eval pairs"
     if not tokenized:
@@ -328,4 +328,3 @@ def run(command: str, argv: list[str]) -> int:
         print(USAGE)
         return 0
     return COMMANDS[command](argv)
-

@@ -55,7 +55,7 @@ class Divergence:
             return f"loss {loss}"
         bound = self.loss_factor * max(1.0, abs(self.first_loss))
         if loss > bound:
-            return f"loss {loss:.6g} > {bound:.3g} (10 x its start {self.first_loss:.4g})"
+            return f"loss {loss:.6g} > {bound:.3g} ({self.loss_factor:g} x its start {self.first_loss:.4g})"
         logps, tokens = row.get("logps/chosen"), row.get("tokens/chosen")
         if isinstance(logps, (int, float)) and isinstance(tokens, (int, float)) and tokens > 0:
             per_token = logps / tokens

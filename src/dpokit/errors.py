@@ -80,3 +80,17 @@ def rank_prefix() -> str:
     else empty. Read from the launcher's ``RANK``, so it holds after the process group is gone."""
     rank = os.environ.get("RANK", "0")
     return f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 and rank != "0" else ""
+
+
+def write_failure(error: BaseException) -> str:
+    """What went wrong in a failed write, in a few words: an OSError as `os_error_message` says it, a
+    full disk or denied permission from a library that raises its own type (safetensors'
+    ``SafetensorError`` is no OSError) by its text, else the error's type and first words."""
+    if isinstance(error, OSError):
+        return os_error_message(error)
+    text = " ".join(str(error).split())
+    if "No space left" in text or "StorageFull" in text:
+        return "no space left on device"
+    if "Permission denied" in text or "PermissionDenied" in text:
+        return "permission denied"
+    return f"{type(error).__name__}: {text[:300]}"

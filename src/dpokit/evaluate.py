@@ -212,7 +212,6 @@ def _loss_config(saved: Config | None, args: Any) -> LossConfig:
 
 def evaluate_model(args: Any, log=print) -> dict[str, Any]:
     """Run ``dpokit eval`` (``args`` as `eval_cli` parses them); returns what ``--output`` saves."""
-    from dpokit.generate import model_source
 
     saved = saved_config(args.model, log)
     loss_cfg = _loss_config(saved, args)
@@ -230,14 +229,13 @@ def evaluate_model(args: Any, log=print) -> dict[str, Any]:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     pairs = load_pairs(data, log)  # bad data stops us before a model loads
-    model_source(args.model, "--model")  # then a missing, empty or corrupt model directory
+    policy_cfg = _model_config(args.model, saved, args)  # then a missing, empty or corrupt model directory
 
     ref_name = args.ref or run_reference(saved)
     if loss.needs_reference and ref_name is None:
         raise ConfigError(f"{args.model} has no {RUN_CONFIG} to name its reference, and loss '{loss.name}' "
                           "compares with one\n  fix: pass --ref START_MODEL (the model training started from), "
                           "or --ref none for reference log-probs of 0")
-    policy_cfg = _model_config(args.model, saved, args)
     fit_context(data, policy_cfg.name_or_path, args.model == TINY, log, trust_remote_code=args.trust_remote_code)
     device = resolve_device(args.device)
     precision = resolve_precision(policy_cfg.precision, device)

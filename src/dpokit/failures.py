@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 
-from dpokit.errors import DpokitError, RuntimeFault, os_error_message, rank_prefix
+from dpokit.errors import DpokitError, os_error_message, rank_prefix
 
 DEBUG_FLAG = "--debug"
 RUNTIME_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.ENOMEM}  # the machine's state, not the input
@@ -48,7 +48,7 @@ def describe(error: BaseException, command: str = "") -> tuple[str, int]:
         if fix:
             return f"error: {head}\n  fix: {fix.strip()}", code
         return f"error: {head}\n{_generic_fix(command)}", code
-    if torch is not None and isinstance(error, torch.OutOfMemoryError):
+    if torch is not None and isinstance(error, torch.cuda.OutOfMemoryError):
         first = " ".join(str(error).split())[:200]
         return f"error: out of GPU memory ({first})\n{OOM_FIX}", 1
     if isinstance(error, MemoryError):
@@ -87,4 +87,4 @@ def report(error: BaseException, command: str = "", debug: bool = False) -> int:
     return code
 
 
-__all__ = ["RuntimeFault", "debug_wanted", "describe", "report"]
+__all__ = ["debug_wanted", "describe", "report"]

@@ -98,13 +98,6 @@ def place(scorer: SequenceScorer, reference: object, cfg: TrainConfig, precision
     return scorer
 
 
-def is_sharded(module: nn.Module) -> bool:
-    """Whether ``module``'s parameters are FSDP2 shards (DTensors)."""
-    from dpokit.sharded import is_sharded as sharded
-
-    return sharded(module)
-
-
 def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
     """Clip gradients to ``max_norm`` in place; the total norm before clipping, over all shards."""
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm)

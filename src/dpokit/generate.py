@@ -63,16 +63,6 @@ class SamplingConfig:
         return not self.is_greedy and self.temperature == 1.0 and self.top_p == 1.0 and self.top_k == 0
 
 
-DEFAULT_MODEL = "dpo_checkpoints/final"  # where `dpokit train` writes its model by default
-
-
-def looks_local(model: str) -> bool:
-    """Whether ``model`` is clearly a local path rather than a hub id (``gpt2``, ``org/name``)."""
-    from dpokit.modelcheck import looks_local as local
-
-    return model == DEFAULT_MODEL or local(model)
-
-
 def model_source(model: str, flag: str = "--model", tokenizer: bool = True) -> str:
     """Where to load ``model`` from: ``tiny`` is the built-in tiny model; a local-looking path must
     exist and hold a loadable model (``modelcheck.check_source``)."""
@@ -93,7 +83,7 @@ def load_for_generation(model: str, device: torch.device, trust_remote_code: boo
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         lm = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 (transformers, safetensors and OS errors alike)
-        if isinstance(e, torch.OutOfMemoryError):
+        if isinstance(e, torch.cuda.OutOfMemoryError):
             raise
         from dpokit.modelcheck import load_failure
 

@@ -83,7 +83,7 @@ def _flag(cfg: ModelConfig) -> str:
 
 def _load_failure(source: str, error: Exception, cfg: ModelConfig) -> Exception:
     """A library's error while loading ``source``, as one message with the path (OOM passes)."""
-    if isinstance(error, torch.OutOfMemoryError):
+    if isinstance(error, torch.cuda.OutOfMemoryError):
         return error
     return load_failure(source, error, _flag(cfg))
 

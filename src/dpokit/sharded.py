@@ -28,10 +28,11 @@ from dpokit.config import ModelConfig
 DCP_DIR = "dcp"
 
 
-def _options(full: bool = False) -> Any:
+def _options() -> Any:
+    """Each rank's shards of the trained parameters (a LoRA base's frozen ones left out)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=True, full_state_dict=full, cpu_offload=full)
+    return StateDictOptions(ignore_frozen_params=True)
 
 
 def is_sharded(module: nn.Module) -> bool:

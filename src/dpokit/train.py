@@ -27,7 +27,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from dpokit import checkpoint, dist, fsdp, launch
+from dpokit import checkpoint, dist, fsdp, launch, sharded
 from dpokit.config import Config, TrainConfig
 from dpokit.data.stream import DataStream
 from dpokit.divergence import last_checkpoint
@@ -103,7 +103,8 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     if config.data.chat_template:
         tokenizer.chat_template = config.data.chat_template
     job.tokenize(tokenizer, log.print)
-    data_key = checkpoint.data_key(job.lengths())
+    lengths = job.lengths()  # tokens per training example: the data's fingerprint, and length grouping
+    data_key = checkpoint.data_key(lengths)
     if resume_from is not None and resume_state is not None:
         checkpoint.check_same_data(resume_from, resume_state, len(job.train), data_key)
     if (config.train.early_stopping_patience or config.train.load_best_model_at_end) and not job.eval:
@@ -124,7 +125,7 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     stream = DataStream(len(job.train), config.train.seed, info.rank, info.world_size)
     stream.key = data_key
     if config.data.group_by_length:
-        stream.lengths = job.lengths()
+        stream.lengths = lengths
         stream.group = 64 * config.train.batch_size * config.train.grad_accum * info.world_size
     devices = device_names(device)  # every rank's device, for the trackers (a collective)
     start_step = resume_state["counters"]["step"] if resume_state is not None else 0
@@ -222,7 +223,7 @@ def evaluate(run: Run) -> dict[str, float]:
     size = run.config.train.eval_batch_size or run.config.train.batch_size
     batches = [mine[start : start + size] for start in range(0, len(mine), size)]
     # FSDP2's forward gathers weights with every rank: a rank with fewer batches joins with a spare one.
-    rounds = dist.max_over_ranks(len(batches)) if fsdp.is_sharded(run.policy) else len(batches)
+    rounds = dist.max_over_ranks(len(batches)) if sharded.is_sharded(run.policy) else len(batches)
     for i in range(rounds):
         examples = batches[i] if i < len(batches) else run.task.eval[:1]
         batch = run.task.batch(examples)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dpokit.errors import ConfigError, RuntimeFault, os_error_message
+from dpokit.errors import ConfigError, RuntimeFault, os_error_message, write_failure
 
 
 def check_writable(path: str | Path, flag: str = "--output") -> None:
@@ -36,17 +36,19 @@ def check_writable(path: str | Path, flag: str = "--output") -> None:
                 break
 
 
-def cache_full(path: Path, tmp: Path, error: BaseException, what: str, flag: str) -> RuntimeFault:
+CACHE_FIX = "point DPOKIT_CACHE at a disk with room"
+
+
+def cache_full(path: Path, tmp: Path, error: BaseException, what: str, alternative: str,
+               where: str = CACHE_FIX) -> RuntimeFault:
     """The error for a cache entry that could not be written (``error`` from numpy, safetensors or
-    the OS: a full disk most often): its temporary file goes, and the message names the place."""
+    the OS: a full disk most often): its temporary file goes, and the message names the place;
+    the fix: free space, ``where`` (another place), or ``alternative`` (do without the cache)."""
     import shutil
 
     if tmp.is_dir():
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         tmp.unlink(missing_ok=True)
-    text = " ".join(str(error).split())
-    why = ("no space left on device" if "No space left" in text or "StorageFull" in text
-           else os_error_message(error) if isinstance(error, OSError) else f"{type(error).__name__}: {text[:200]}")
-    return RuntimeFault(f"cannot write the {what} cache entry {path}: {why}\n  fix: free space in {path.parent}, "
-                        f"point DPOKIT_CACHE at a disk with room, or {flag}")
+    return RuntimeFault(f"cannot write the {what} cache entry {path}: {write_failure(error)}\n  fix: free space in "
+                        f"{path.parent}, {where}, or {alternative}")

@@ -1,6 +1,6 @@
 """Preference data: reading, normalising, tokenizing and batching pairs.
 
 ``sources`` (``resolve`` a name; ``local`` files, ``hub`` data sets, ``presets``, ``mixture``) ->
-``jsonl`` / ``formats`` (+ ``fields``, ``implicit``: rows -> `PreferencePair`, problems in a ``report``) -> ``tokenize`` (+ ``cache``) -> ``collate``; ``validate`` holds the
-``dpokit data validate | stats | prepare`` commands.
+``jsonl`` / ``formats`` (+ ``fields``, ``implicit``: rows -> `PreferencePair`, problems in a ``report``) -> ``tokenize`` (+ ``cache``) -> ``collate``. The ``dpokit data validate | stats |
+prepare`` commands are in ``dpokit.datacmd``.
 """

@@ -30,6 +30,7 @@ from dpokit.data.tokenize import TokenizeStats, options, tokenize_pairs
 from dpokit.errors import DataError
 
 CACHE_VERSION = "2"  # 2: pairs identical after truncation are dropped
+PREPARE_FIX = "choose an --output-dir on a disk with room"  # an entry `data prepare` writes, not the cache
 
 
 def cache_root() -> Path:
@@ -69,8 +70,9 @@ def cache_key(pairs: list[PreferencePair], tokenizer: Any, max_length: int, max_
     return hashlib.sha256(f"{pairs_digest(pairs)}|{tok}|{settings}".encode()).hexdigest()[:32]
 
 
-def save_entry(directory: Path, pairs: list[TokenizedPair], stats: TokenizeStats) -> None:
-    """Write one entry atomically (a temporary directory, then a rename)."""
+def save_entry(directory: Path, pairs: list[TokenizedPair], stats: TokenizeStats, where: str | None = None) -> None:
+    """Write one entry atomically (a temporary directory, then a rename). ``where``: the fix's other
+    place for the entry, when it is not in the cache (``data prepare``'s output)."""
     import numpy as np
 
     tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
@@ -89,7 +91,8 @@ def save_entry(directory: Path, pairs: list[TokenizedPair], stats: TokenizeStats
     except OSError as e:  # a full disk, most often: say where, and leave no half entry
         from dpokit.writable import cache_full
 
-        raise cache_full(directory, tmp, e, "tokenized", "turn the cache off with --tokenized-cache false") from None
+        raise cache_full(directory, tmp, e, "tokenized", "turn the cache off with --tokenized-cache false",
+                         **({"where": where} if where else {})) from None
     except BaseException:  # Ctrl-C: no half-written entry stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -152,7 +155,7 @@ def tokenize_cached(
                 if log is not None:
                     log(f"tokenized pairs read from the cache ({place})")
                 if save_to is not None and place != save_to / key:
-                    save_entry(save_to / key, *found)
+                    save_entry(save_to / key, *found, where=PREPARE_FIX)
                 return found[0], found[1], key
     start = time.perf_counter()
     tokenized, stats = tokenize_pairs(pairs, tokenizer, max_length, max_prompt_length, num_proc, **extra)
@@ -162,7 +165,7 @@ def tokenize_cached(
         if use_cache:
             save_entry(cache_root() / key, tokenized, stats)  # a full disk: an error naming the entry's path
         if save_to is not None:
-            save_entry(save_to / key, tokenized, stats)
+            save_entry(save_to / key, tokenized, stats, where=PREPARE_FIX)
     return tokenized, stats, key
 
 

@@ -44,7 +44,6 @@ class RowProblem(Exception):
         return self.source_hints.get(source, self.hint)
 
 
-
 # ---- field checks -----------------------------------------------------------------------------
 
 
@@ -118,7 +117,7 @@ def optional_text(row: Mapping[str, Any], key: str) -> str | None:
 
 def message_list(row: Mapping[str, Any], key: str) -> list[Message]:
     """A list of ``{role, content}`` messages, less empty system messages (a string is one assistant
-    message: only call this for a string where that is meant, see `_check_same_kind`)."""
+    message: only call this for a string where that is meant, see `check_same_kind`)."""
     if key not in row:
         raise missing_column(row, key)
     value = row[key]
@@ -167,7 +166,7 @@ def check_roles(row: Mapping[str, Any], keys: tuple[str, ...] = ("prompt", "chos
     """Every message of the row's message lists with a role dpokit does not know, reported at once (a
     data set that says "human" / "gpt" says so in every row and every message: one fix for all)."""
     found = [(key, i, m["role"]) for key in keys if isinstance(row.get(key), list)
-             for i, m in enumerate(row[key]) if isinstance(m, Mapping) and m.get("role") not in ROLES]
+             for i, m in enumerate(row[key]) if isinstance(m, Mapping) and "role" in m and m["role"] not in ROLES]  # no role: a wrong type
     if found:
         raise role_problem(found)
 
@@ -209,4 +208,3 @@ def check_different(chosen: Any, rejected: Any) -> None:
 def empty_completion(side: str) -> RowProblem:
     return RowProblem(EMPTY_COMPLETION, f"the {side} completion is empty once the shared prompt is taken off",
                       column=side, level="warning", hint="the row is dropped; fix or remove it to use it")
-

@@ -56,9 +56,6 @@ from dpokit.data.fields import (
 from dpokit.data.implicit import implicit_pair
 from dpokit.data.pairs import Message, PreferencePair
 
-FORMATS = ("plain", "conversational", "implicit", "orca")
-
-
 # ---- column mapping and detection ----------------------------------------------------------------
 
 
@@ -186,5 +183,3 @@ def _conversational(row: Mapping[str, Any]) -> tuple[PreferencePair, RowProblem 
                           "messages: chosen and rejected part before the last assistant turn", level="note",
                           hint="kept: the prompt is the messages both share")
     return PreferencePair(prompt, chosen_c, rejected_c, system=system), note
-
-

@@ -48,10 +48,8 @@ def load_datasets(spec: SourceSpec) -> Any:
         raise DataError(f"cannot load the data set: {first}", path=spec.label, reason=reason, hint=hint) from None
 
 
-
 def dataset_batches(dataset: Any) -> Iterator[list[dict[str, Any]]]:
     for batch in dataset.iter(batch_size=1000):
         keys = list(batch)
         n = len(batch[keys[0]]) if keys else 0
         yield [{k: batch[k][i] for k in keys} for i in range(n)]
-

@@ -207,4 +207,3 @@ def read_table_file(spec: SourceSpec) -> Any:
         raise DataError(f"cannot read it as {spec.kind.upper()}: {first}", path=spec.location,
                         reason="empty file" if empty else "unreadable file",
                         hint="check that the file is complete and of the type its name says") from None
-

@@ -82,7 +82,6 @@ def resolve_source(name: str, split: str | None = None, config_name: str | None 
                     f"(ultrafeedback, hh-rlhf, orca); or {SAMPLE_HINT}")
 
 
-
 def json_files(directory: Path, data_dir: str | None = None) -> list[Path]:
     """The JSON Lines / JSON files of a directory that holds no other data files (and no dataset card
     declaring its own file layout), which dpokit reads line by line; else [] (`datasets` loads it)."""

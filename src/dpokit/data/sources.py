@@ -72,7 +72,6 @@ def iter_rows(spec: SourceSpec) -> Iterator[RawRow]:
     yield from table_rows(dataset_batches(dataset))
 
 
-
 def read_prepared(directory: str | Path, part: str) -> list[PreferencePair]:
     """Normalised pairs written by ``dpokit data prepare`` (``train`` or ``eval``)."""
     path = Path(directory) / f"{part}.jsonl"

@@ -14,6 +14,9 @@ import time
 
 if __name__ == "__main__":
     report_path = sys.argv.pop(1)
+    from dpokit.hostmem import tune
+
+    tune()  # as the console script does first (`dpokit.cli.main`), before torch allocates
     import dpokit.train
     from dpokit.cli import main
 

@@ -47,6 +47,7 @@ def dpokit_cases(layouts: bool) -> list[Case]:
     cases = [Case("dpokit (defaults)", "dpokit", [], "TRL (defaults)"),
              Case("dpokit --gradient-checkpointing false", "dpokit", ["--gradient-checkpointing", "false"],
                   "TRL (defaults)"),
+             Case("dpokit --compile", "dpokit", ["--compile", "true"], "TRL (defaults)"),
              Case("dpokit --precision fp32", "dpokit", ["--precision", "fp32"], "TRL fp32, no checkpointing"),
              Case("dpokit --precision fp32 --gradient-checkpointing false", "dpokit",
                   ["--precision", "fp32", "--gradient-checkpointing", "false"], "TRL fp32, no checkpointing")]

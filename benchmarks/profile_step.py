@@ -25,6 +25,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def minor_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -39,9 +45,14 @@ def main() -> None:
     parser.add_argument("--flags", nargs="*", default=[], help="more dpokit train flags, e.g. gradient_checkpointing=true")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--system-memory", action="store_true", help="leave host memory as the system has it")
     parser.add_argument("--shapes", action="store_true", help="group the table by input shapes too")
     args = parser.parse_args()
     work = Path(args.work)
+    if not args.system_memory:
+        from dpokit.hostmem import tune
+
+        tune()  # as `dpokit train` does
     os.environ.setdefault("DPOKIT_CACHE", str(work / "cache"))
     assets = build_assets(work / "assets", 160)
 
@@ -65,7 +76,7 @@ def main() -> None:
     print(f"peak RSS after setup: {peak_rss_mib():.0f} MiB (now {rss_mib():.0f})")
     train_step(run)  # warm-up
     print(f"peak RSS after one step: {peak_rss_mib():.0f} MiB (now {rss_mib():.0f})")
-    cpu, wall = time.process_time(), time.perf_counter()
+    cpu, wall, faults = time.process_time(), time.perf_counter(), minor_faults()
     if args.no_profile:
         for _ in range(args.steps):
             train_step(run)
@@ -76,11 +87,12 @@ def main() -> None:
             for _ in range(args.steps):
                 train_step(run)
         table = prof.key_averages(group_by_input_shape=args.shapes)
-        print(table.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=40,
+        print(table.table(sort_by="self_cpu_time_total", row_limit=int(os.environ.get("ROWS", 30)), max_name_column_width=40,
                           max_shapes_column_width=60))
     print(f"peak RSS after all steps: {peak_rss_mib():.0f} MiB (now {rss_mib():.0f})")
     print(f"layout {config.data.layout}, precision {run.precision}: {(time.process_time() - cpu) / args.steps:.2f} "
-          f"CPU s/step, {(time.perf_counter() - wall) / args.steps:.2f} wall s/step")
+          f"CPU s/step, {(time.perf_counter() - wall) / args.steps:.2f} wall s/step, "
+          f"{(minor_faults() - faults) / args.steps:.0f} page faults/step")
 
 
 if __name__ == "__main__":

@@ -225,6 +225,9 @@ def unknown_argument_message(extra: list[str], parser: argparse.ArgumentParser) 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every failure ends in `error:` and `fix:` lines (``failures.py``)."""
+    from dpokit.hostmem import tune
+
+    tune()  # before torch allocates anything (`dpokit.hostmem`)
     from dpokit.failures import debug_wanted, report
 
     argv, debug = debug_wanted(sys.argv[1:] if argv is None else argv)

@@ -54,7 +54,8 @@ class ModelConfig:
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     compile: bool = False
-    """Compile the decoder with ``torch.compile`` (slower first steps; pays off on long runs, mostly GPUs)."""
+    """Compile the decoders (the policy's, and a frozen reference's) with ``torch.compile``: the first
+    steps compile (about a minute on a CPU), later ones run faster; for long runs."""
     reference: Literal["auto", "copy", "model", "lora", "precomputed", "none"] = "auto"
     """Where the reference log-probs come from (``reference.py``): ``copy``, a frozen copy of the starting
     policy; ``model``, the separate model ``ref_model``; ``lora``, the policy's base with its LoRA adapters

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,21 @@ def autocast(precision: str, device: torch.device):
         return torch.autocast(device.type, enabled=False)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
+
+
+def casts_kept(precision: str, device: torch.device, sharded: bool = False):
+    """An optimizer step's context, around its forwards and backwards: each trainable fp32 weight
+    is cast to the autocast dtype once per step, not once per forward, per recomputation under
+    gradient checkpointing and per micro-batch.
+
+    Autocast keeps its casts of trainable weights until the outermost autocast context ends; this
+    is that outermost context, and it runs nothing in low precision itself (the backward stays as
+    it was). The casts cost one low-precision copy of the trainable weights for the step, so
+    sharded (FSDP) models, whose point is not to hold them all, go without.
+    """
+    if precision == "fp32" or sharded:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, enabled=False)
 
 
 def disable_dropout(model: nn.Module) -> None:

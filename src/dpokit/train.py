@@ -36,7 +36,15 @@ from dpokit.intervals import Intervals
 from dpokit.logps import SequenceScorer, compile_decoder
 from dpokit.losses import resolve_loss_config
 from dpokit.modelcheck import check_saved_weights, check_weights_outside, fit_context
-from dpokit.models import TINY, autocast, load_policy, load_tokenizer, resolve_device, resolve_precision
+from dpokit.models import (
+    TINY,
+    autocast,
+    casts_kept,
+    load_policy,
+    load_tokenizer,
+    resolve_device,
+    resolve_precision,
+)
 from dpokit.optim import (
     build_optimizer,
     build_scheduler,
@@ -116,8 +124,11 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     policy = load_policy(job.model_config, device)  # with LoRA / QLoRA adapters when configured
     policy.train()
     job.prepare(policy, device, precision, steps, log.print)  # the reference comes from the starting policy
-    if config.model.compile:  # after the reference is copied: the copy stays uncompiled
+    if config.model.compile:  # after the reference is copied from the uncompiled policy
         compile_decoder(policy)
+        reference_model = getattr(getattr(job, "reference", None), "model", None)  # a frozen model's
+        if isinstance(reference_model, torch.nn.Module) and reference_model is not policy:
+            compile_decoder(reference_model)
     scorer = fsdp.place(SequenceScorer(policy), getattr(job, "reference", None), config.train, precision, device,
                         log.print)  # DDP, or FSDP2 shards (the reference's too)
     optimizer = build_optimizer(policy, config.train, device)
@@ -161,18 +172,19 @@ def train_step(run: Run) -> float:
     counts = torch.tensor([run.task.counts(b) for b in batches], dtype=torch.float64, device=run.device).sum(0)
     totals = dist.all_reduce_sum(counts).tolist()
     bad_loss = None
-    for k, (batch, examples) in enumerate(zip(batches, groups)):
-        with dist.gradient_sync(run.scorer, k == len(batches) - 1):  # all-reduce on the last micro-step only
-            with autocast(run.precision, run.device):
-                out = run.task.forward(run.scorer, batch, examples, run.state.step)
-            # DDP averages gradients over ranks, so scale by world size to keep "sum over the step".
-            loss = run.task.objective(out, totals) * run.info.world_size
-            if not math.isfinite(float(loss.detach())):  # still run backward: under DDP every rank must
-                bad_loss = float(loss.detach())
-            run.scaler.scale(loss).backward()
-        run.window.add(out)
-        run.state.micro_step += 1
-        run.state.tokens_seen += run.task.num_tokens(examples)
+    with casts_kept(run.precision, run.device, sharded.is_sharded(run.policy)):  # weights cast once a step
+        for k, (batch, examples) in enumerate(zip(batches, groups)):
+            with dist.gradient_sync(run.scorer, k == len(batches) - 1):  # all-reduce on the last micro-step only
+                with autocast(run.precision, run.device):
+                    out = run.task.forward(run.scorer, batch, examples, run.state.step)
+                # DDP averages gradients over ranks, so scale by world size to keep "sum over the step".
+                loss = run.task.objective(out, totals) * run.info.world_size
+                if not math.isfinite(float(loss.detach())):  # still run backward: under DDP every rank must
+                    bad_loss = float(loss.detach())
+                run.scaler.scale(loss).backward()
+            run.window.add(out)
+            run.state.micro_step += 1
+            run.state.tokens_seen += run.task.num_tokens(examples)
     stop_if_not_finite(run, bad_loss)
     grad_norm = optimizer_step(run)
     run.task.after_step(run.state.step)

@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     from dpokit.failures import debug_wanted, report
 
     argv, debug = debug_wanted(sys.argv[1:] if argv is None else argv)
-    # bitsandbytes (imported through peft by transformers) warns on every CPU run that an optional
+    # bitsandbytes (imported through peft in LoRA runs) warns on every CPU run that an optional
     # faster 4-bit kernel package is missing: noise for everyone not running QLoRA on a CPU.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     command = " ".join(argv[:2] if argv[:1] == ["data"] else argv[:1]).strip()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
 from typing import Any
 
 from dpokit.config import TrainConfig
@@ -139,10 +140,34 @@ def warmup_steps(cfg: TrainConfig, total: int) -> int:
     return int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else math.ceil(cfg.warmup_steps * total)
 
 
+def transformers_get_scheduler() -> Any:
+    """``transformers.get_scheduler``, imported without importing peft.
+
+    Its module imports ``transformers.trainer_utils``, which imports peft, and through it
+    bitsandbytes, wherever peft is installed: 150 MiB of resident memory and two seconds for every
+    run, LoRA or not, for names only the Hugging Face Trainer uses. The import runs with
+    transformers told that peft is absent; afterwards ``trainer_utils`` asks the real question
+    again (a Trainer built later in the same process then fails on the missing names instead of
+    treating a peft model as a plain one). LoRA runs import peft themselves (``lora.py``).
+    """
+    import transformers.utils
+
+    if "transformers.optimization" in sys.modules:
+        return sys.modules["transformers.optimization"].get_scheduler
+    real = transformers.utils.is_peft_available
+    transformers.utils.is_peft_available = lambda: False
+    try:
+        import transformers.optimization
+        import transformers.trainer_utils
+    finally:
+        transformers.utils.is_peft_available = real
+    transformers.trainer_utils.is_peft_available = real
+    return transformers.optimization.get_scheduler
+
+
 def build_scheduler(optimizer: Any, cfg: TrainConfig, total_steps: int) -> Any:
     """``transformers.get_scheduler(cfg.scheduler, ...)``; arguments that do not fit it are a ConfigError."""
-    from transformers import get_scheduler
-
+    get_scheduler = transformers_get_scheduler()
     kwargs = dict(cfg.scheduler_kwargs or {})
     try:
         return get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup_steps(cfg, total_steps),

@@ -330,3 +330,9 @@ def compile_decoder(model: nn.Module, dynamic: bool = True, **options: Any) -> n
     """
     unwrap(model).base_model.compile(dynamic=dynamic, **options)
     return model
+
+
+def compile_decoders(*models: nn.Module | None) -> None:
+    """`compile_decoder` for each distinct model given (None: no such model)."""
+    for model in {id(m): m for m in models if isinstance(m, nn.Module)}.values():
+        compile_decoder(model)

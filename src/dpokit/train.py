@@ -33,7 +33,7 @@ from dpokit.data.stream import DataStream
 from dpokit.divergence import last_checkpoint
 from dpokit.errors import ConfigError, RuntimeFault
 from dpokit.intervals import Intervals
-from dpokit.logps import SequenceScorer, compile_decoder
+from dpokit.logps import SequenceScorer, compile_decoders
 from dpokit.losses import resolve_loss_config
 from dpokit.modelcheck import check_saved_weights, check_weights_outside, fit_context
 from dpokit.models import (
@@ -125,10 +125,7 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     policy.train()
     job.prepare(policy, device, precision, steps, log.print)  # the reference comes from the starting policy
     if config.model.compile:  # after the reference is copied from the uncompiled policy
-        compile_decoder(policy)
-        reference_model = getattr(getattr(job, "reference", None), "model", None)  # a frozen model's
-        if isinstance(reference_model, torch.nn.Module) and reference_model is not policy:
-            compile_decoder(reference_model)
+        compile_decoders(policy, getattr(getattr(job, "reference", None), "model", None))  # a frozen reference's
     scorer = fsdp.place(SequenceScorer(policy), getattr(job, "reference", None), config.train, precision, device,
                         log.print)  # DDP, or FSDP2 shards (the reference's too)
     optimizer = build_optimizer(policy, config.train, device)

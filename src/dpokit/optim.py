@@ -152,16 +152,19 @@ def transformers_get_scheduler() -> Any:
     """
     import transformers.utils
 
-    if "transformers.optimization" in sys.modules:
-        return sys.modules["transformers.optimization"].get_scheduler
-    real = transformers.utils.is_peft_available
+    real = getattr(transformers.utils, "is_peft_available", None)
+    if "transformers.optimization" in sys.modules or real is None:  # imported already, or another layout
+        from transformers import get_scheduler
+
+        return get_scheduler
     transformers.utils.is_peft_available = lambda: False
     try:
         import transformers.optimization
-        import transformers.trainer_utils
     finally:
         transformers.utils.is_peft_available = real
-    transformers.trainer_utils.is_peft_available = real
+    trainer_utils = sys.modules.get("transformers.trainer_utils")
+    if trainer_utils is not None and hasattr(trainer_utils, "is_peft_available"):
+        trainer_utils.is_peft_available = real
     return transformers.optimization.get_scheduler
 
 

@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--system-memory", action="store_true", help="leave host memory as the system has it")
+    parser.add_argument("--rows", type=int, default=30, help="operators in the table")
     parser.add_argument("--shapes", action="store_true", help="group the table by input shapes too")
     args = parser.parse_args()
     work = Path(args.work)
@@ -87,7 +88,7 @@ def main() -> None:
             for _ in range(args.steps):
                 train_step(run)
         table = prof.key_averages(group_by_input_shape=args.shapes)
-        print(table.table(sort_by="self_cpu_time_total", row_limit=int(os.environ.get("ROWS", 30)), max_name_column_width=40,
+        print(table.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40,
                           max_shapes_column_width=60))
     print(f"peak RSS after all steps: {peak_rss_mib():.0f} MiB (now {rss_mib():.0f})")
     print(f"layout {config.data.layout}, precision {run.precision}: {(time.process_time() - cpu) / args.steps:.2f} "

@@ -95,7 +95,7 @@ class CastCounter(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def one_step(tmp_path: Path, model_dir: Path, keep: bool) -> tuple[list[int], dict[str, torch.Tensor]]:
+def one_step(tmp_path: Path, model_dir: Path, name: str) -> tuple[list[int], dict[str, torch.Tensor]]:
     """Casts of each trainable Linear weight during one bf16 step (2 micro-batches, gradient
     checkpointing), and the update."""
     import dpokit.train
@@ -105,26 +105,24 @@ def one_step(tmp_path: Path, model_dir: Path, keep: bool) -> tuple[list[int], di
         model=ModelConfig(name_or_path=str(model_dir), precision="bf16", device="cpu", gradient_checkpointing=True),
         data=DataConfig(max_length=64),  # the built-in sample pairs
         train=TrainConfig(steps=1, batch_size=2, grad_accum=2, warmup_steps=0, seed=5),
-        output=OutputConfig(dir=str(tmp_path / f"out-{keep}"), progress=False))
+        output=OutputConfig(dir=str(tmp_path / name), progress=False))
     run = dpokit.train.setup(config)
     weights = [m.weight for m in run.policy.modules() if type(m) is torch.nn.Linear and m.weight.requires_grad]
     before = {n: p.detach().clone() for n, p in run.policy.named_parameters()}
-    counter = CastCounter(weights)
-    with contextlib.ExitStack() as stack:
-        if not keep:
-            stack.enter_context(pytest.MonkeyPatch.context()).setattr(
-                dpokit.train, "casts_kept", lambda *a, **k: contextlib.nullcontext())
-        with counter:
-            dpokit.train.train_step(run)
+    with CastCounter(weights) as counter:
+        dpokit.train.train_step(run)
     return counter.counts, {n: p.detach() - before[n] for n, p in run.policy.named_parameters()}
 
 
-def test_weights_cast_once_per_step(tmp_path, llama_dir):
+def test_weights_cast_once_per_step(tmp_path, llama_dir, monkeypatch):
     """Two micro-batches under gradient checkpointing run each layer's forward four times; each
     trainable weight is still cast to bf16 once, and the update is exactly the one that casts
     every time."""
-    kept, kept_update = one_step(tmp_path, llama_dir, keep=True)
-    every, every_update = one_step(tmp_path, llama_dir, keep=False)
+    import dpokit.train
+
+    kept, kept_update = one_step(tmp_path, llama_dir, "kept")
+    monkeypatch.setattr(dpokit.train, "casts_kept", lambda *a, **k: contextlib.nullcontext())
+    every, every_update = one_step(tmp_path, llama_dir, "every")
     assert kept and set(kept) == {1}, kept
     assert min(every) >= 4, every  # the same count without it: the counter sees the casts
     for name, change in kept_update.items():

@@ -2,9 +2,10 @@
 
 The model's decoder runs once over the batch; logits are then computed only at the positions
 that predict a completion token (``batch.logit_index``), a chunk of tokens at a time, with the
-log-softmax in fp32. The full ``(rows, T, vocab)`` logits tensor is never built. Each chunk is
-recomputed in the backward pass (activation checkpointing), so gradients are exact and memory
-holds one chunk of logits at a time.
+log-softmax in fp32. The full ``(rows, T, vocab)`` logits tensor is never built. A plain linear
+head has its log-softmax fused with its gradient (``head.py``); any other head's chunks are
+recomputed in the backward pass (activation checkpointing). Either way gradients are exact and
+memory holds one chunk of fp32 logits at a time.
 
 Per-sequence log-probs are **summed** over completion tokens (Rafailov et al. 2023, eq. 7 uses
 log pi(y|x), the sum); token counts come alongside so losses can take per-token means. A batch
@@ -27,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from dpokit.data.collate import PreferenceBatch
 from dpokit.data.sft import SequenceBatch
 from dpokit.errors import ConfigError
+from dpokit.head import fusable, head_logps
 
 Batch = PreferenceBatch | SequenceBatch  # what the scorer reads: model inputs and the scored positions
 
@@ -296,6 +298,8 @@ class SequenceScorer(nn.Module):
         index, targets = scored_positions(batch)  # (N [+ P],)
         hidden = hidden.reshape(-1, hidden.shape[-1])[index]  # (N [+ P], H) scored positions only
         transform = logit_transform(inner)
+        if transform is None and fusable(head):  # log-softmax and its gradient fused (``head.py``)
+            return _per_sequence(batch, *head_logps(head, hidden, targets, self.chunk_size))
         pieces, means = [], []
         for start in range(0, hidden.shape[0], self.chunk_size):
             h = hidden[start : start + self.chunk_size]  # (n, H)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dpokit.attention import choose_attention
 from dpokit.config import ModelConfig
 from dpokit.errors import ConfigError
 from dpokit.lora import (
@@ -120,8 +121,11 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
+def load_model(cfg: ModelConfig, device: torch.device, max_length: int | None = None) -> nn.Module:
     """Load the policy as an fp32 ``AutoModelForCausalLM`` (master weights), dropout off.
+
+    With ``max_length`` (training) and no ``attn_implementation`` named, a CPU run takes the
+    attention kernel this machine runs faster at that length (`dpokit.attention`).
 
     With ``load_in_4bit`` the linear weights are 4-bit NF4 (QLoRA). A saved LoRA adapter
     directory (``adapter_config.json``) is loaded onto its base and merged, so a run that starts
@@ -154,6 +158,8 @@ def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
     except Exception as e:  # noqa: BLE001 (safetensors' SafetensorError is no OSError)
         raise _load_failure(base or source, e, cfg) from None
     disable_dropout(model)
+    if max_length and not cfg.attn_implementation:
+        choose_attention(model, device, resolve_precision(cfg.precision, device), max_length)
     if cfg.gradient_checkpointing:
         enable_checkpointing(model)
     if cfg.load_in_4bit:
@@ -162,9 +168,9 @@ def load_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
     return model.to(device)
 
 
-def load_policy(cfg: ModelConfig, device: torch.device) -> nn.Module:
+def load_policy(cfg: ModelConfig, device: torch.device, max_length: int | None = None) -> nn.Module:
     """The policy: `load_model`, wrapped with fresh LoRA adapters when ``cfg.lora`` is set."""
-    model = load_model(cfg, device)
+    model = load_model(cfg, device, max_length)
     return apply_lora(model, cfg) if cfg.lora else model
 
 

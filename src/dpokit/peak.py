@@ -8,8 +8,6 @@ core's best rate times the threads: `measure_matmul_flops`), measured once and c
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import re
 import time
@@ -17,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from dpokit.paths import cache_dir, remembered
 
 # Dense tensor-core peaks in TFLOP/s: (pattern on the device name, bf16, fp16, fp32). fp16 / bf16
 # are the rates with fp32 accumulation (what mixed-precision training runs); fp32 is the plain
@@ -129,24 +129,14 @@ def cpu_peak(precision: str, cache: Path | None = None, size: int = 2048) -> Pea
     """The CPU's matmul FLOP/s at ``precision``, measured once and kept in ``cache`` (a JSON file,
     by default ``$DPOKIT_CACHE/peak_flops.json``) under `cpu_probe_key`."""
     if cache is None:
-        from dpokit.paths import cache_dir
-
         cache = cache_dir() / "peak_flops.json"
-    key = cpu_probe_key(precision)
-    try:
-        known = json.loads(Path(cache).read_text())
-    except (OSError, ValueError):
-        known = {}
-    if not isinstance(known.get(key), (int, float)):
-        known[key] = measure_matmul_flops(DTYPES[precision], size)
-        try:
-            Path(cache).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(f"{cache}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(known, indent=1))
-            os.replace(tmp, cache)  # two runs probing at once never leave a half-written file
-        except OSError:  # a read-only or full cache: measure again next time, leave no half file
-            Path(f"{cache}.tmp{os.getpid()}").unlink(missing_ok=True)
-    return Peak(float(known[key]), f"measured ({size}x{size} {precision} matmul, one core's best x "
+    def measure() -> float:
+        return measure_matmul_flops(DTYPES[precision], size)
+
+    flops = remembered(Path(cache), cpu_probe_key(precision), measure)
+    if not isinstance(flops, (int, float)):  # a value of another kind under the key: measure now
+        flops = measure()
+    return Peak(float(flops), f"measured ({size}x{size} {precision} matmul, one core's best x "
                 f"{torch.get_num_threads()} threads)")
 
 

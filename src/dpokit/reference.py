@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from dpokit import dist
+from dpokit.attention import attention_of
 from dpokit.config import ModelConfig
 from dpokit.data.collate import PreferenceBatch
 from dpokit.data.pairs import TokenizedPair
@@ -270,19 +271,21 @@ def build_reference(
         return FrozenModel(frozen_copy(policy), "copy", policy, cfg.ref_refresh_steps, cfg.ref_refresh_mix,
                            precision)
     if name == "model":
-        return FrozenModel(load_reference_model(cfg, device), "model", policy, cfg.ref_refresh_steps,
+        return FrozenModel(load_reference_model(cfg, device, policy), "model", policy, cfg.ref_refresh_steps,
                            cfg.ref_refresh_mix, precision)
     if name == "lora":
         return AdapterDisabled(policy)
     return precompute(cfg, policy, device, precision, batcher, pairs, batch_size, log)
 
 
-def load_reference_model(cfg: ModelConfig, device: torch.device) -> nn.Module:
-    """The separate reference model ``cfg.ref_model``, loaded like the policy (4-bit under QLoRA)."""
+def load_reference_model(cfg: ModelConfig, device: torch.device, policy: nn.Module | None = None) -> nn.Module:
+    """The separate reference model ``cfg.ref_model``, loaded like the policy (4-bit under QLoRA),
+    with the policy's eager attention when `dpokit.attention` chose it for the policy."""
     from dpokit.models import load_model
 
+    attn = cfg.attn_implementation or ("eager" if policy is not None and attention_of(policy) == "eager" else None)
     ref = replace(cfg, name_or_path=cfg.ref_model, weights=None, revision=None, gradient_checkpointing=False,
-                  reference="auto", ref_model=None)
+                  reference="auto", ref_model=None, attn_implementation=attn)
     return load_model(ref, device)
 
 
@@ -314,9 +317,9 @@ def pairs_digest(pairs: list[TokenizedPair]) -> str:
     return h.hexdigest()
 
 
-def cache_path(pairs: list[TokenizedPair], model_hash: str, cfg: ModelConfig, precision: str,
+def cache_path(pairs: list[TokenizedPair], model_hash: str, attention: str | None, precision: str,
                device: torch.device) -> Path:
-    settings = json.dumps([CACHE_VERSION, model_hash, precision, cfg.attn_implementation, device.type])
+    settings = json.dumps([CACHE_VERSION, model_hash, precision, attention, device.type])
     key = hashlib.sha256(f"{pairs_digest(pairs)}|{settings}".encode()).hexdigest()[:32]
     return cache_dir() / "reference" / f"{key}.safetensors"
 
@@ -351,9 +354,9 @@ def precompute(cfg: ModelConfig, policy: nn.Module, device: torch.device, precis
     from safetensors.torch import load_file, save_file
 
     ref_path = cfg.ref_model
-    model = load_reference_model(cfg, device) if ref_path else policy
+    model = load_reference_model(cfg, device, policy) if ref_path else policy
     source = ref_path or "the starting policy"
-    path = cache_path(pairs, fingerprint(model), cfg, precision, device)
+    path = cache_path(pairs, fingerprint(model), attention_of(model), precision, device)
     values = None
     if path.is_file():
         try:

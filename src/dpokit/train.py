@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from dpokit import checkpoint, dist, fsdp, launch, sharded
+from dpokit.attention import attention_of
 from dpokit.config import Config, TrainConfig
 from dpokit.data.stream import DataStream
 from dpokit.divergence import last_checkpoint
@@ -121,7 +122,7 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     check_scheduler(config.train, bool(job.eval) and config.train.eval_strategy != "no")  # and a bad schedule
     steps = total_steps(config.train, len(job.train), info.world_size)
     warmup = warmup_steps(config.train, steps)
-    policy = load_policy(job.model_config, device)  # with LoRA / QLoRA adapters when configured
+    policy = load_policy(job.model_config, device, config.data.max_length)  # LoRA / QLoRA adapters when configured
     policy.train()
     job.prepare(policy, device, precision, steps, log.print)  # the reference comes from the starting policy
     if config.model.compile:  # after the reference is copied from the uncompiled policy
@@ -154,7 +155,7 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
         start = f" from {config.model.weights}" if config.model.weights else ""
         resumed = f", resuming {resume_from} at step {run.state.step}" if resume_from else ""
         log.print(f"{'demo: ' if demo else ''}{job.name} of {config.model.name_or_path}{start} ({n_params / 1e6:.1f}M "
-                  f"params), precision {precision}, device {device}, {len(job.train)} train / {len(job.eval)} eval "
+                  f"params), precision {precision}, device {device}, attention {attention_of(policy)}, {len(job.train)} train / {len(job.eval)} eval "
                   f"{job.unit}, {steps} steps x {config.train.batch_size * config.train.grad_accum * info.world_size} "
                   f"{job.unit}, {job.describe()}{resumed}")
     return run

@@ -115,16 +115,18 @@ def one_step(tmp_path: Path, model_dir: Path, name: str) -> tuple[list[int], dic
 
 
 def test_weights_cast_once_per_step(tmp_path, llama_dir, monkeypatch):
-    """Two micro-batches under gradient checkpointing run each layer's forward four times; each
-    trainable weight is still cast to bf16 once, and the update is exactly the one that casts
-    every time."""
+    """Two micro-batches under gradient checkpointing run each layer's forward four times and the
+    head's twice; each trainable weight is still cast to bf16 once, and the update is exactly the
+    one that casts every time."""
     import dpokit.train
 
     kept, kept_update = one_step(tmp_path, llama_dir, "kept")
     monkeypatch.setattr(dpokit.train, "casts_kept", lambda *a, **k: contextlib.nullcontext())
     every, every_update = one_step(tmp_path, llama_dir, "every")
     assert kept and set(kept) == {1}, kept
-    assert min(every) >= 4, every  # the same count without it: the counter sees the casts
+    # Without it the counter sees every cast: four per layer weight (two micro-batches, each forward
+    # recomputed), two for the output head (its fused log-softmax does not run it again).
+    assert min(every) >= 2 and sorted(every)[1] >= 4, every
     for name, change in kept_update.items():
         assert torch.equal(change, every_update[name]), name
 

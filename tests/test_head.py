@@ -85,3 +85,19 @@ def test_only_plain_linear_heads_are_fused():
     assert not fusable(nn.Linear(4, 8, bias=True))
     assert not fusable(Scaled(4, 8, bias=False))
     assert not fusable(nn.Embedding(8, 4))
+
+
+def test_weight_cast_once_inside_a_step_and_again_after_an_update():
+    from dpokit.head import cast_weight, step_casts
+
+    weight = nn.Parameter(torch.randn(8, 4))
+    assert cast_weight(weight, torch.bfloat16) is not cast_weight(weight, torch.bfloat16)  # no step: each call
+    with step_casts():
+        first = cast_weight(weight, torch.bfloat16)
+        assert cast_weight(weight, torch.bfloat16) is first
+        first.float().sum().backward()  # the cast is on autograd's record: the fp32 weight gets its gradient
+        torch.testing.assert_close(weight.grad, torch.ones(8, 4))
+        with torch.no_grad():
+            weight.add_(1.0)  # an update: a new version, a new cast
+        assert cast_weight(weight, torch.bfloat16) is not first
+    assert cast_weight(weight, torch.float32) is weight

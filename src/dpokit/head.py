@@ -11,11 +11,16 @@ cast's gradients one ``(n, V)`` tensor each.
 
 Keeping the gradients costs ``N x V`` values for N scored tokens; above `KEEP_BYTES` they are
 recomputed in the backward from the saved hidden states instead (one more head forward), so
-memory stays one chunk of logits. The head's weight is cast to the autocast dtype once per
-forward and once per backward, as autocast would; its gradient adds up the chunks in fp32.
+memory stays one chunk of logits. The head's weight is cast to the autocast dtype outside the
+function, where autograd sees the cast: once per optimizer step inside `step_casts` (which
+``models.casts_kept`` opens, as autocast keeps its own casts there), else once per call. The
+weight's gradient adds up the chunks in fp32 and is rounded to that dtype once.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +35,35 @@ def fusable(head: nn.Module) -> bool:
     weight = getattr(head, "weight", None)
     return (type(head) is nn.Linear and head.bias is None and type(weight) is nn.Parameter
             and type(weight.data) is torch.Tensor and weight.is_floating_point())
+
+
+_casts: dict[int, tuple[torch.Tensor, int, torch.Tensor]] | None = None  # id -> (weight, version, cast)
+
+
+@contextlib.contextmanager
+def step_casts() -> Iterator[None]:
+    """Within it, `cast_weight` casts each trainable weight once until the weight changes."""
+    global _casts
+    outer, _casts = _casts, {} if _casts is None else _casts
+    try:
+        yield
+    finally:
+        _casts = outer
+
+
+def cast_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` in ``dtype``, the cast recorded by autograd; kept for reuse inside `step_casts`
+    while the weight is unchanged (an optimizer step changes its version)."""
+    if weight.dtype == dtype:
+        return weight
+    if _casts is None or not (weight.requires_grad and torch.is_grad_enabled()):
+        return weight.to(dtype)
+    hit = _casts.get(id(weight))
+    if hit is not None and hit[0] is weight and hit[1] == weight._version and hit[2].dtype == dtype:
+        return hit[2]
+    cast = weight.to(dtype)
+    _casts[id(weight)] = (weight, weight._version, cast)
+    return cast
 
 
 def _dtype(device: torch.device, fallback: torch.dtype) -> torch.dtype:
@@ -52,26 +86,24 @@ def _chunk_forward(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor, keep: bool
 
 
 class HeadLogps(torch.autograd.Function):
-    """``(logps, mean logits)`` of ``targets`` (N,) from ``hidden`` (N, H) and a head ``weight``
-    (V, H), ``chunk`` rows at a time; mean logits carry no gradient."""
+    """``(logps, mean logits)`` of ``targets`` (N,) from ``hidden`` (N, H) and a head weight ``w``
+    (V, H) in the matmul dtype, ``chunk`` rows at a time; mean logits carry no gradient."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk: int, dtype: torch.dtype):
-        w = weight.to(dtype)  # (V, H), once for all chunks
-        keep = hidden.shape[0] * weight.shape[0] * w.element_size() <= KEEP_BYTES
+    def forward(ctx, hidden, w, targets, chunk: int):
+        keep = hidden.shape[0] * w.shape[0] * w.element_size() <= KEEP_BYTES
         parts = [_chunk_forward(hidden[s : s + chunk], w, targets[s : s + chunk], keep)
                  for s in range(0, hidden.shape[0], chunk)]
-        ctx.chunk, ctx.dtype = chunk, dtype
+        ctx.chunk = chunk
         ctx.kept = [g for _, _, g in parts] if keep else None
-        ctx.save_for_backward(hidden, weight, targets)
+        ctx.save_for_backward(hidden, w, targets)
         means = torch.cat([m for _, m, _ in parts])
         ctx.mark_non_differentiable(means)
         return torch.cat([lp for lp, _, _ in parts]), means
 
     @staticmethod
     def backward(ctx, grad_logps, _grad_means):
-        hidden, weight, targets = ctx.saved_tensors
-        w = weight.to(ctx.dtype)  # (V, H)
+        hidden, w, targets = ctx.saved_tensors  # w: (V, H) in the matmul dtype
         need_h, need_w = ctx.needs_input_grad[:2]
         grad_h = torch.empty_like(hidden) if need_h else None  # (N, H)
         grad_w = None  # (V, H), accumulated in fp32
@@ -85,17 +117,16 @@ class HeadLogps(torch.autograd.Function):
                 part = grad_logits.t() @ h.to(w.dtype)  # (V, H)
                 grad_w = part.float() if grad_w is None else grad_w.add_(part)
         ctx.kept = None
-        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None
+        return grad_h, None if grad_w is None else grad_w.to(w.dtype), None, None
 
 
 def head_logps(head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,
                chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) log-probs of ``targets`` and (N,) mean logits (detached) at ``hidden`` (N, H) through
     the fusable ``head``, ``chunk`` tokens of logits at a time."""
-    dtype = _dtype(hidden.device, head.weight.dtype)
-    if torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad):
-        return HeadLogps.apply(hidden, head.weight, targets, chunk, dtype)
-    w = head.weight.to(dtype)
+    w = cast_weight(head.weight, _dtype(hidden.device, head.weight.dtype))  # (V, H)
+    if torch.is_grad_enabled() and (hidden.requires_grad or w.requires_grad):
+        return HeadLogps.apply(hidden, w, targets, chunk)
     parts = [_chunk_forward(hidden[s : s + chunk], w, targets[s : s + chunk], False)
              for s in range(0, hidden.shape[0], chunk)]
     return torch.cat([lp for lp, _, _ in parts]), torch.cat([m for _, m, _ in parts])

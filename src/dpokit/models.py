@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from torch import nn
 from dpokit.attention import choose_attention
 from dpokit.config import ModelConfig
 from dpokit.errors import ConfigError
+from dpokit.head import step_casts
 from dpokit.lora import (
     adapter_base,
     apply_lora,
@@ -72,7 +74,13 @@ def casts_kept(precision: str, device: torch.device, sharded: bool = False):
     """
     if precision == "fp32" or sharded:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, enabled=False)
+    return _casts_kept(device)
+
+
+@contextlib.contextmanager
+def _casts_kept(device: torch.device) -> Iterator[None]:
+    with torch.autocast(device.type, enabled=False), step_casts():  # the fused head's cast too (``head.py``)
+        yield
 
 
 def disable_dropout(model: nn.Module) -> None:

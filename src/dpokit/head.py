@@ -66,7 +66,7 @@ def cast_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return cast
 
 
-def _dtype(device: torch.device, fallback: torch.dtype) -> torch.dtype:
+def matmul_dtype(device: torch.device, fallback: torch.dtype) -> torch.dtype:
     """The dtype a linear layer's matmul runs in here: autocast's when it is on, else the weight's."""
     kind = device.type
     return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else fallback
@@ -109,7 +109,10 @@ class HeadLogps(torch.autograd.Function):
         grad_w = None  # (V, H), accumulated in fp32
         for i, s in enumerate(range(0, hidden.shape[0], ctx.chunk)):
             h, g = hidden[s : s + ctx.chunk], grad_logps[s : s + ctx.chunk]
-            kept = ctx.kept[i] if ctx.kept is not None else _chunk_forward(h, w, targets[s : s + ctx.chunk], True)[2]
+            if ctx.kept is not None:
+                kept, ctx.kept[i] = ctx.kept[i], None  # each chunk's freed once used
+            else:
+                kept = _chunk_forward(h, w, targets[s : s + ctx.chunk], True)[2]
             grad_logits = kept.mul_(g[:, None])  # (n, V): d loss / d logits
             if need_h:
                 grad_h[s : s + ctx.chunk] = grad_logits @ w
@@ -124,7 +127,7 @@ def head_logps(head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,
                chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) log-probs of ``targets`` and (N,) mean logits (detached) at ``hidden`` (N, H) through
     the fusable ``head``, ``chunk`` tokens of logits at a time."""
-    w = cast_weight(head.weight, _dtype(hidden.device, head.weight.dtype))  # (V, H)
+    w = cast_weight(head.weight, matmul_dtype(hidden.device, head.weight.dtype))  # (V, H)
     if torch.is_grad_enabled() and (hidden.requires_grad or w.requires_grad):
         return HeadLogps.apply(hidden, w, targets, chunk)
     parts = [_chunk_forward(hidden[s : s + chunk], w, targets[s : s + chunk], False)

@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from dpokit.data.collate import PreferenceBatch
 from dpokit.data.sft import SequenceBatch
 from dpokit.errors import ConfigError
-from dpokit.head import fusable, head_logps
+from dpokit.head import fusable, head_logps, matmul_dtype
 
 Batch = PreferenceBatch | SequenceBatch  # what the scorer reads: model inputs and the scored positions
 
@@ -224,9 +224,7 @@ def model_inputs(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor | Non
             return {"input_ids": batch.input_ids.reshape(1, -1), "attention_mask": None,
                     "position_ids": batch.position_ids.reshape(1, -1)}
         else:
-            device = mask.device.type
-            dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
-                     else next(inner.parameters()).dtype)
+            dtype = matmul_dtype(mask.device, next(inner.parameters()).dtype)
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
                 ~mask, torch.finfo(dtype).min)[:, None]  # (R, 1, T, T)
     return {"input_ids": batch.input_ids, "attention_mask": mask, "position_ids": batch.position_ids}

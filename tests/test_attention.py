@@ -1,6 +1,6 @@
-"""The attention kernel a CPU run takes: the probe's two kernels compute the same attention, the
-cached timings decide, the choice reaches the model (and a separate reference) unless a kernel
-is named, and log-probs do not depend on it."""
+"""The attention kernel a CPU run takes: the probe's two kernels (SDPA and ``dpokit_eager``)
+compute the same attention, the cached timings decide, the choice reaches the model (and a
+separate reference) unless a kernel is named, and log-probs do not depend on it."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from dpokit.attention import (
 from dpokit.config import ModelConfig
 from dpokit.data.collate import collate
 from dpokit.data.pairs import TokenizedPair
+from dpokit.lean_attention import NAME as LEAN
 from dpokit.logps import SequenceScorer
 from dpokit.models import load_model
 from dpokit.reference import cache_path, load_reference_model
@@ -29,7 +30,7 @@ CPU = torch.device("cpu")
 
 
 def cached(path, heads, head_dim, length, sdpa, eager, precision="fp32"):
-    path.write_text(json.dumps({probe_key(heads, head_dim, length, precision): {"sdpa": sdpa, "eager": eager}}))
+    path.write_text(json.dumps({probe_key(heads, head_dim, length, precision): {"sdpa": sdpa, LEAN: eager}}))
 
 
 def test_probe_kernels_compute_the_same_attention():
@@ -53,7 +54,7 @@ def test_measure_times_both_kernels_and_leaves_threads_and_random_numbers():
 def test_cached_timings_decide(tmp_path):
     cache = tmp_path / "attention.json"
     cached(cache, 4, 32, 128, sdpa=2.0, eager=1.0)
-    assert cpu_attention(4, 32, 128, "fp32", cache) == "eager"
+    assert cpu_attention(4, 32, 128, "fp32", cache) == LEAN
     cached(cache, 4, 32, 128, sdpa=1.0, eager=0.95)  # within noise: keep SDPA
     assert cpu_attention(4, 32, 128, "fp32", cache) == "sdpa"
 
@@ -64,7 +65,7 @@ def test_probe_runs_once_and_is_cached(tmp_path):
     times = json.loads(cache.read_text())[probe_key(2, 16, 48, "fp32")]
     assert set(times) == set(KERNELS) and first in KERNELS
     cached(cache, 2, 16, 48, sdpa=9.0, eager=1.0)  # what is cached is what decides: no second probe
-    assert cpu_attention(2, 16, 48, "fp32", cache) == "eager"
+    assert cpu_attention(2, 16, 48, "fp32", cache) == LEAN
 
 
 def test_long_rows_keep_sdpa_without_probing(tmp_path):
@@ -89,7 +90,7 @@ def eager_faster(tmp_path, monkeypatch, llama_dir):
 @pytest.mark.usefixtures("eager_faster")
 def test_training_load_takes_the_faster_kernel_unless_one_is_named(llama_dir):
     cfg = ModelConfig(name_or_path=str(llama_dir), precision="fp32", gradient_checkpointing=False)
-    assert attention_of(load_model(cfg, CPU, max_length=64)) == "eager"
+    assert attention_of(load_model(cfg, CPU, max_length=64)) == LEAN
     assert attention_of(load_model(cfg, CPU)) == "sdpa"  # no length (generation, evaluation): as loaded
     named = ModelConfig(name_or_path=str(llama_dir), precision="fp32", attn_implementation="sdpa")
     assert attention_of(load_model(named, CPU, max_length=64)) == "sdpa"
@@ -100,7 +101,7 @@ def test_training_load_takes_the_faster_kernel_unless_one_is_named(llama_dir):
 def test_separate_reference_takes_the_policys_kernel(llama_dir):
     cfg = ModelConfig(name_or_path=str(llama_dir), precision="fp32", ref_model=str(llama_dir))
     policy = load_model(cfg, CPU, max_length=64)
-    assert attention_of(load_reference_model(cfg, CPU, policy)) == "eager"
+    assert attention_of(load_reference_model(cfg, CPU, policy)) == LEAN
     assert attention_of(load_reference_model(cfg, CPU)) == "sdpa"
 
 
@@ -112,15 +113,25 @@ def test_logps_do_not_depend_on_the_kernel(llama_dir, tiny_tokenizer):
     pairs = [TokenizedPair(ids(p), ids(c), ids(r)) for p, c, r in ((12, 9, 14), (30, 5, 7), (3, 20, 11))]
     model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
     scores = {}
-    for kernel in ("sdpa", "eager"):
+    for kernel in ("sdpa", "eager", LEAN):
         model.set_attn_implementation(kernel)
         scores[kernel] = SequenceScorer(model)(collate(pairs, "prefix", tiny_tokenizer.pad_token_id)).logps.detach()
     torch.testing.assert_close(scores["eager"], scores["sdpa"], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(scores[LEAN], scores["eager"], rtol=1e-5, atol=1e-5)
 
 
 def test_reference_cache_is_keyed_by_the_kernel():
     paths = {cache_path([], "hash", kernel, "fp32", CPU) for kernel in ("sdpa", "eager")}
     assert len(paths) == 2
+
+
+def test_models_of_other_recipes_keep_sdpa(gpt2_dir, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("DPOKIT_CACHE", str(tmp_path))  # nothing cached: a probe would run and write
+    model = AutoModelForCausalLM.from_pretrained(gpt2_dir, attn_implementation="sdpa")
+    assert choose_attention(model, CPU, "fp32", 64) == "sdpa"  # GPT-2's eager scales its own way
+    assert not (tmp_path / "attention.json").exists()
 
 
 def test_gpu_and_named_kernels_are_left_alone(llama_dir):

@@ -47,7 +47,8 @@ def check_layouts(model, pairs, pad_id) -> None:
             assert err <= 1e-5, f"{layout}: gradient of {name} differs by {err:.1e} (relative)"
 
 
-@pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("llama", "eager"), ("gpt2", "sdpa"), ("gpt2", "eager")])
+@pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("llama", "eager"), ("llama", "dpokit_eager"),
+                                       ("gpt2", "sdpa"), ("gpt2", "eager")])
 def test_layouts_match_padded(arch, attn, hh_pairs, tiny_tokenizer, request):
     from transformers import AutoModelForCausalLM
 
@@ -56,10 +57,11 @@ def test_layouts_match_padded(arch, attn, hh_pairs, tiny_tokenizer, request):
     check_layouts(model, hh_pairs, tiny_tokenizer.pad_token_id)
 
 
-def test_layouts_match_padded_with_gradient_checkpointing(llama_dir, hh_pairs, tiny_tokenizer):
+@pytest.mark.parametrize("attn", ["sdpa", "dpokit_eager"])
+def test_layouts_match_padded_with_gradient_checkpointing(attn, llama_dir, hh_pairs, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32, attn_implementation=attn)
     plain = scores_and_grads(model, collate(hh_pairs, "prefix", tiny_tokenizer.pad_token_id))
     enable_checkpointing(model)
     model.train()

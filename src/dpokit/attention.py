@@ -1,17 +1,19 @@
-"""Which attention kernel a run on a CPU uses: SDPA or eager, whichever this machine runs faster.
+"""Which attention kernel a run on a CPU uses: SDPA or dpokit's eager, whichever this machine runs faster.
 
 Which is faster depends on the CPU, so it is measured rather than guessed. PyTorch's
 flash-attention CPU kernel (what SDPA runs) is the faster one on CPUs with AMX tiles; without
 them it can lose to the plain recipe transformers calls ``eager`` (two matrix multiplies around an
-fp32 softmax): on a 2-core AVX-512 EPYC, one bf16 row of 8 heads of 64 over 384 tokens took 20 ms
-forward and backward with SDPA and 12 ms eager, and a benchmark step 1.49 s against 1.78 s (at
-about 0.2 GiB more peak RSS: eager keeps fp32 and bf16 copies of each layer's scores).
+fp32 softmax), run in blocks of query rows by `dpokit.lean_attention` (``dpokit_eager``): on a
+2-core AVX-512 EPYC, 8 bf16 rows of 8 heads of 64 over 384 tokens took 64 ms forward and
+backward with SDPA, 43 ms with ``dpokit_eager`` and 100 ms with transformers' own eager.
 
-Eager attention holds each row's full ``(heads, T, T)`` scores, so it is only considered while
-they stay small (`MAX_SCORES`). The probe times one row of both at the run's shape on one core
-(forward and backward, each core's own CPU time, as `dpokit.peak` does), once per CPU, torch
-version, precision and shape, and keeps the times in ``$DPOKIT_CACHE/attention.json``. A kernel
-named with ``--attn-implementation``, a GPU, or a model without SDPA support is left as it is.
+``dpokit_eager`` keeps each row's ``(heads, T, T)`` probabilities (2 bytes a score in bf16), so it
+is only considered while they stay small (`MAX_SCORES`), and only for the model types whose own
+eager attention is that recipe (`dpokit.lean_attention.STANDARD`). The probe times one row of both
+at the run's shape on one core (forward and backward, each core's own CPU time, as `dpokit.peak`
+does), once per CPU, torch version, precision and shape, and keeps the times in
+``$DPOKIT_CACHE/attention.json``. A kernel named with ``--attn-implementation``, a GPU, or a model
+without SDPA support is left as it is.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpokit import dist
+from dpokit.lean_attention import NAME as LEAN
+from dpokit.lean_attention import attend, lean_for, register
 from dpokit.logps import unwrap
 from dpokit.paths import cache_dir, remembered
 from dpokit.peak import DTYPES, cpu_model
 
-MAX_SCORES = 1 << 22  # heads x T x T of one row: 4M scores (e.g. 8 heads at 724 tokens), ~24 MiB a layer
+MAX_SCORES = 1 << 22  # heads x T x T of one row: 4M scores (e.g. 8 heads at 724 tokens), 8 MiB kept in bf16
 FASTER = 0.9  # eager must take at most this share of SDPA's time: a clear win, not noise
 
 
@@ -37,13 +41,12 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def _eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """transformers' eager attention: scores, additive mask, softmax in fp32, weighted values."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + mask  # (1, H, T, T)
-    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)  # (1, H, T, D)
+def _lean(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return attend(q, k, v, mask, q.shape[-1] ** -0.5)
 
 
-KERNELS: dict[str, Callable[..., torch.Tensor]] = {"sdpa": _sdpa, "eager": _eager}
+KERNELS: dict[str, Callable[..., torch.Tensor]] = {"sdpa": _sdpa, LEAN: _lean}
+register()  # so that a model can be loaded with, or switched to, ``dpokit_eager``
 
 
 def measure(heads: int, head_dim: int, length: int, dtype: torch.dtype, repeats: int = 4) -> dict[str, float]:
@@ -71,18 +74,19 @@ def measure(heads: int, head_dim: int, length: int, dtype: torch.dtype, repeats:
 
 
 def probe_key(heads: int, head_dim: int, length: int, precision: str) -> str:
-    return f"{cpu_model()} | torch {torch.__version__} | {precision} | {heads} heads x {head_dim} x {length} tokens"
+    return (f"{cpu_model()} | torch {torch.__version__} | {precision} | {heads} heads x {head_dim} x {length} "
+            f"tokens | {' v '.join(KERNELS)}")
 
 
 def cpu_attention(heads: int, head_dim: int, length: int, precision: str, cache: Path | None = None) -> str:
-    """``eager`` when it is clearly the faster kernel on this CPU at this shape and its scores stay
-    small, else ``sdpa``; the timings are measured once and cached."""
+    """``dpokit_eager`` when it is clearly the faster kernel on this CPU at this shape and its
+    scores stay small, else ``sdpa``; the timings are measured once and cached."""
     if heads * length * length > MAX_SCORES or precision not in DTYPES:
         return "sdpa"
     times = remembered(cache or cache_dir() / "attention.json", probe_key(heads, head_dim, length, precision),
                        lambda: measure(heads, head_dim, length, DTYPES[precision]))
-    faster = isinstance(times, dict) and times.get("eager", 1.0) < FASTER * times.get("sdpa", 0.0)
-    return "eager" if faster else "sdpa"
+    faster = isinstance(times, dict) and times.get(LEAN, 1.0) < FASTER * times.get("sdpa", 0.0)
+    return LEAN if faster else "sdpa"
 
 
 def attention_shape(config) -> tuple[int, int]:
@@ -98,15 +102,16 @@ def attention_of(model: nn.Module) -> str | None:
 
 
 def choose_attention(model: nn.Module, device: torch.device, precision: str, length: int) -> str:
-    """Switch ``model`` to eager attention when `cpu_attention` finds it faster here; the kernel it
-    runs. Under ``torchrun`` every process must call this, and the kernel changes only when every
-    process finds eager faster (ranks keep one kernel)."""
+    """Switch ``model`` to ``dpokit_eager`` when `cpu_attention` finds it faster here; the kernel
+    it runs. Under ``torchrun`` every process must call this, and the kernel changes only when
+    every process finds it faster (ranks keep one kernel)."""
     current = str(attention_of(model))
-    if device.type != "cpu" or current != "sdpa":
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if device.type != "cpu" or current != "sdpa" or not lean_for(config.model_type):
         return current
     heads, head_dim = attention_shape(model.config)
-    eager = cpu_attention(heads, head_dim, length, precision) == "eager"
-    if not dist.any_true(not eager):
-        model.set_attn_implementation("eager")
-        return "eager"
+    lean = cpu_attention(heads, head_dim, length, precision) == LEAN
+    if not dist.any_true(not lean):
+        model.set_attn_implementation(LEAN)
+        return LEAN
     return current

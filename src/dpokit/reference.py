@@ -50,6 +50,7 @@ from dpokit.config import ModelConfig
 from dpokit.data.collate import PreferenceBatch
 from dpokit.data.pairs import TokenizedPair
 from dpokit.errors import ConfigError
+from dpokit.lean_attention import NAME as LEAN
 from dpokit.logps import SequenceLogps, SequenceScorer, unwrap
 from dpokit.lora import find_peft
 from dpokit.paths import cache_dir
@@ -280,10 +281,10 @@ def build_reference(
 
 def load_reference_model(cfg: ModelConfig, device: torch.device, policy: nn.Module | None = None) -> nn.Module:
     """The separate reference model ``cfg.ref_model``, loaded like the policy (4-bit under QLoRA),
-    with the policy's eager attention when `dpokit.attention` chose it for the policy."""
+    with the policy's ``dpokit_eager`` attention when `dpokit.attention` chose it for the policy."""
     from dpokit.models import load_model
 
-    attn = cfg.attn_implementation or ("eager" if policy is not None and attention_of(policy) == "eager" else None)
+    attn = cfg.attn_implementation or (LEAN if policy is not None and attention_of(policy) == LEAN else None)
     ref = replace(cfg, name_or_path=cfg.ref_model, weights=None, revision=None, gradient_checkpointing=False,
                   reference="auto", ref_model=None, attn_implementation=attn)
     return load_model(ref, device)

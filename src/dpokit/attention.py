@@ -4,8 +4,8 @@ Which is faster depends on the CPU, so it is measured rather than guessed. PyTor
 flash-attention CPU kernel (what SDPA runs) is the faster one on CPUs with AMX tiles; without
 them it can lose to the plain recipe transformers calls ``eager`` (two matrix multiplies around an
 fp32 softmax), run in blocks of query rows by `dpokit.lean_attention` (``dpokit_eager``): on a
-2-core AVX-512 EPYC, 8 bf16 rows of 8 heads of 64 over 384 tokens took 64 ms forward and
-backward with SDPA, 43 ms with ``dpokit_eager`` and 100 ms with transformers' own eager.
+2-core AVX-512 EPYC (both threads), 8 bf16 rows of 8 heads of 64 over 384 tokens took 64 ms
+forward and backward with SDPA, 43 ms with ``dpokit_eager`` and 100 ms with transformers' eager.
 
 ``dpokit_eager`` keeps each row's ``(heads, T, T)`` probabilities (2 bytes a score in bf16), so it
 is only considered while they stay small (`MAX_SCORES`), and only for the model types whose own

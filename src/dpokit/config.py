@@ -46,9 +46,10 @@ class ModelConfig:
     """``bf16`` / ``fp16``: mixed precision (autocast) with fp32 master weights. ``auto`` picks bf16
     where the hardware runs it fast (CUDA with bf16; a CPU with AVX-512 BF16 or AMX), else fp32."""
     attn_implementation: str | None = None
-    """Attention kernel passed to transformers (``sdpa``, ``eager``, ``flash_attention_2``). None:
-    the library default, except that training on a CPU takes eager where a one-off probe finds it
-    clearly faster than SDPA at ``max_length`` (``attention.py``; the run's first line says which)."""
+    """Attention kernel passed to transformers (``sdpa``, ``eager``, ``dpokit_eager``,
+    ``flash_attention_2``). None: the library default, except that training a Llama-family model
+    on a CPU takes ``dpokit_eager`` (``lean_attention.py``) where a one-off probe finds it clearly
+    faster than SDPA at ``max_length`` (``attention.py``; the run's first line says which)."""
     gradient_checkpointing: bool = True
     """Recompute each layer's activations in the backward pass instead of keeping them: much less
     memory for about 10-30% more compute (TRL's default too). ``false`` when memory is plentiful."""

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+from transformers.models.llama.modeling_llama import repeat_kv
 
 NAME = "dpokit_eager"
 BLOCK_SCORES = 1 << 21  # fp32 scores worked on at once: 8 MiB
@@ -46,18 +47,28 @@ def _mask_row(mask: torch.Tensor | None, row: int, rows: slice, keys: int) -> to
     return mask[row if mask.shape[0] > 1 else 0, :, rows, :keys]  # (1 or H, c, S)
 
 
+def _blocked(q, k, v, mask, scaling, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """The forward pass, a block of query rows at a time; each block's probabilities go into
+    ``probs`` when given (``(B, H, T, S)``, kept for the backward pass)."""
+    batch, heads, queries, _ = q.shape
+    keys = k.shape[2]
+    out = q.new_empty(q.shape)
+    for b in range(batch):
+        k_t = k[b].transpose(-1, -2)
+        for rows in _blocks(heads, queries, keys):
+            p = _probs(q[b, :, rows], k_t, _mask_row(mask, b, rows, keys), scaling)
+            if probs is not None:
+                probs[b, :, rows] = p
+                p = probs[b, :, rows]
+            torch.matmul(p.to(q.dtype), v[b], out=out[b, :, rows])
+    return out
+
+
 class _LeanAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, scaling):  # (B, H, T, D), (B, H, S, D), (B, H, S, D), (B, 1, T, S)
-        batch, heads, queries, _ = q.shape
-        keys = k.shape[2]
-        probs = q.new_empty(batch, heads, queries, keys)  # (B, H, T, S), the only thing kept
-        out = q.new_empty(q.shape)
-        for b in range(batch):
-            k_t = k[b].transpose(-1, -2)
-            for rows in _blocks(heads, queries, keys):
-                probs[b, :, rows] = _probs(q[b, :, rows], k_t, _mask_row(mask, b, rows, keys), scaling)
-                torch.matmul(probs[b, :, rows], v[b], out=out[b, :, rows])
+        probs = q.new_empty(*q.shape[:3], k.shape[2])  # (B, H, T, S), the only thing kept
+        out = _blocked(q, k, v, mask, scaling, probs)
         ctx.save_for_backward(q, k, v, probs)
         ctx.scaling = scaling
         return out
@@ -84,26 +95,6 @@ class _LeanAttention(torch.autograd.Function):
         return dq, dk, dv, None, None
 
 
-def _forward_only(q, k, v, mask, scaling):
-    batch, heads, queries, _ = q.shape
-    keys = k.shape[2]
-    out = q.new_empty(q.shape)
-    for b in range(batch):
-        k_t = k[b].transpose(-1, -2)
-        for rows in _blocks(heads, queries, keys):
-            p = _probs(q[b, :, rows], k_t, _mask_row(mask, b, rows, keys), scaling).to(q.dtype)
-            torch.matmul(p, v[b], out=out[b, :, rows])
-    return out
-
-
-def _repeat(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Key or value heads repeated for grouped-query attention: (B, Hkv, S, D) -> (B, Hkv*g, S, D)."""
-    if groups == 1:
-        return x
-    batch, heads, keys, dim = x.shape
-    return x[:, :, None].expand(batch, heads, groups, keys, dim).reshape(batch, heads * groups, keys, dim)
-
-
 def _own_eager(module: nn.Module):
     return sys.modules[type(module).__module__].eager_attention_forward
 
@@ -121,7 +112,7 @@ def lean_attention_forward(module: nn.Module, query: torch.Tensor, key: torch.Te
     # Under autocast the matrix products run in its dtype: cast once here, as autocast would.
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
     groups = query.shape[1] // key.shape[1]
-    query, key, value = (t.to(dtype) for t in (query, _repeat(key, groups), _repeat(value, groups)))
+    query, key, value = (t.to(dtype) for t in (query, repeat_kv(key, groups), repeat_kv(value, groups)))
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=query.device).masked_fill_(
             ~attention_mask, torch.finfo(dtype).min)
@@ -136,7 +127,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     probabilities for the backward pass (and nothing when no gradient is wanted)."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return _LeanAttention.apply(q, k, v, mask, scaling)
-    return _forward_only(q, k, v, mask, scaling)
+    return _blocked(q, k, v, mask, scaling)
 
 
 def register() -> str:

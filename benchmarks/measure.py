@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -166,6 +167,7 @@ def run_case(case: Case, args: argparse.Namespace, assets: dict[str, str], work:
         cmd += [f"--{key}", str(value)]
     cmd += case.flags
     log = work / f"{out.name}.log"
+    shutil.rmtree(out, ignore_errors=True)  # an earlier run's checkpoints there would stop this one
     print(f"running {case.name}: {' '.join(cmd)}", flush=True)
     load_avg = os.getloadavg()[0]
     # A cache of its own: each case tokenizes its data, as a first run does (no tokenized-cache hits).

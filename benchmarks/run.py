@@ -128,6 +128,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep-steps", type=int, default=None, help="steps of each sweep point")
     parser.add_argument("--sweep-trl", default=None,
                         help="sweep points where TRL runs too (size@length, comma-separated; default: all)")
+    parser.add_argument("--sweep-trl-case", choices=("defaults", "fastest"), default="defaults",
+                        help="the TRL case of the sweep: its defaults, or its fastest setting (the second TRL case)")
     parser.add_argument("--results", default=str(HERE / "results.json"), help="JSON results file")
     parser.add_argument("--markdown", default=str(HERE / "RESULTS.md"), help="Markdown table file")
     parser.add_argument("--plot", default=str(HERE / "scaling.png"), help="the sweep's plot (PNG)")
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None, cases: list[Case] | None = None, trl_cas
     """The benchmark; ``cases`` / ``trl_cases`` replace the CPU cases (``gpu.py`` passes its own)."""
     args = parser().parse_args(argv)
     trl_cases = TRL_CASES if trl_cases is None else trl_cases
+    sweep_trl = trl_cases[0 if args.sweep_trl_case == "defaults" else -1]
     work = Path(args.work or tempfile.mkdtemp(prefix="dpokit-bench-"))
     env = {**os.environ, "DPOKIT_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HOME": str(work / "hf")}
@@ -166,9 +169,10 @@ def main(argv: list[str] | None = None, cases: list[Case] | None = None, trl_cas
     if args.sweep != "none":
         import scaling
 
-        sweep = scaling.run_sweep(args, work, env, trl_cases[0] if args.trl_python else None, results)
-        table += "\n" + scaling.markdown(sweep) + f"\n![pairs/s, MFU and peak RSS]({Path(args.plot).name})\n"
-        scaling.plot(sweep, args.plot, machine())
+        sweep = scaling.run_sweep(args, work, env, sweep_trl if args.trl_python else None, results)
+        trl_name = sweep_trl.name if args.trl_python else "TRL"
+        table += "\n" + scaling.markdown(sweep, trl_name) + f"\n![pairs/s, MFU and peak RSS]({Path(args.plot).name})\n"
+        scaling.plot(sweep, args.plot, machine(), trl_name)
     print("\n" + table)
     Path(args.markdown).write_text(table)
     Path(args.results).write_text(json.dumps({"machine": machine(), "args": vars(args), "peaks": peak_notes(),

@@ -58,7 +58,7 @@ def run_sweep(args: argparse.Namespace, work: Path, env: dict[str, str], trl: Ca
     max_length, the HH-RLHF pairs) reuses the main table's defaults results instead of running again."""
     steps = args.sweep_steps or GRIDS[args.sweep][2]
     trl_at = None if args.sweep_trl is None else set(args.sweep_trl.split(","))
-    reuse = {r.tool: r for r in main if r.returncode == 0 and not r.flags}
+    reuse = {r.name: r for r in main if r.returncode == 0}
     points = []
     for axis, size, length in grid(args):
         assets = build_assets(work / "assets", max(args.pairs, steps * args.batch_size), size,
@@ -70,8 +70,8 @@ def run_sweep(args: argparse.Namespace, work: Path, env: dict[str, str], trl: Ca
         same = axis == "size" and size == args.size and length == args.max_length
         for case in cases + [c for c in ([trl] if trl else []) if same and c not in cases]:
             print(f"sweep: {size} model ({load.params / 1e6:.0f}M), max_length {length}", flush=True)
-            if same and case.tool in reuse:
-                result = reuse[case.tool]
+            if same and case.name in reuse:
+                result = reuse[case.name]
             elif case not in cases:
                 continue
             else:
@@ -80,8 +80,8 @@ def run_sweep(args: argparse.Namespace, work: Path, env: dict[str, str], trl: Ca
     return points
 
 
-def markdown(points: list[Point]) -> str:
-    lines = ["How cost grows (each tool at its defaults; size sweep at max_length 512 on the HH-RLHF pairs, "
+def markdown(points: list[Point], trl_name: str = "TRL (defaults)") -> str:
+    lines = [f"How cost grows (dpokit at its defaults, against {trl_name}; size sweep at max_length 512 on the HH-RLHF pairs, "
              "length sweep on the 27M model with pairs filling 80% of max_length):", "",
              "| model | max_length | tokens/pair | GFLOP/pair | tool | steady pairs/s | MFU | pairs per CPU s "
              "| MFU per CPU s | peak RSS GiB | vs TRL steady | vs TRL per CPU s | vs TRL RSS |", "|" + "---|" * 13]
@@ -108,7 +108,7 @@ def markdown(points: list[Point]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(points: list[Point], path: str, machine: str) -> None:
+def plot(points: list[Point], path: str, machine: str, trl_name: str = "TRL (defaults)") -> None:
     """Pairs/s, pairs and MFU per CPU second, and peak RSS over model size (top) and ``max_length`` (bottom), one line per tool."""
     import matplotlib
 
@@ -129,14 +129,14 @@ def plot(points: list[Point], path: str, machine: str) -> None:
                 ys = [value(p.result) for p in mine]
                 kept = [(x, y) for x, y in zip(xs, ys) if y is not None]
                 if kept:
-                    ax.plot(*zip(*kept), style, label="dpokit" if tool == "dpokit" else "TRL")
+                    ax.plot(*zip(*kept), style, label="dpokit (defaults)" if tool == "dpokit" else trl_name)
             ax.set_xlabel(label)
             ax.set_ylabel(name)
             ax.set_xscale("log", base=2)
             ax.grid(alpha=0.3)
             if ax.has_data():
                 ax.legend()
-    fig.suptitle(f"dpokit vs TRL (defaults): {machine}", fontsize=9)
+    fig.suptitle(f"dpokit (defaults) vs {trl_name}: {machine}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

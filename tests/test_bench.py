@@ -67,11 +67,12 @@ def test_scaling_table_and_plot(tmp_path):
               scaling.Point("size", "27m", 512, 27_700_000, 3.9e10, 316, result("dpokit", 5.0, 1.4)),
               scaling.Point("size", "125m", 512, 125_800_000, 1.7e11, 316, result("dpokit", 1.0, 2.8, None)),
               scaling.Point("length", "27m", 1024, 27_700_000, 1.3e11, 1638, result("dpokit", 2.0, 1.6))]
-    table = scaling.markdown(points)
+    table = scaling.markdown(points, "TRL fp32, no checkpointing")
+    assert "against TRL fp32, no checkpointing;" in table.splitlines()[0]
     assert "| 28M | 512 | 316 | 39.0 | dpokit | 5.00 | 20.0% bf16 | 10.00 | 40.0% | 1.40 | 5.00x | 5.00x | 0.40x |" in table
     assert "| 126M | 512 | 316 | 170.0 | dpokit | 1.00 | - | 2.00 | - | 2.80 |  |  |  |" in table  # no TRL point
     png = tmp_path / "scaling.png"
-    scaling.plot(points, str(png), "test machine")
+    scaling.plot(points, str(png), "test machine", "TRL fp32, no checkpointing")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -47,6 +47,19 @@ def test_auto_precision_on_cpu_follows_the_cpu_flags():
     assert resolve_precision("fp16", cpu) == "fp16"
 
 
+def test_bf16_asked_for_on_a_cpu_that_emulates_it_is_warned_about():
+    from dpokit.models import cpu_has_fast_bf16, precision_notes
+
+    cpu = torch.device("cpu")
+    notes = precision_notes("bf16", cpu)
+    if cpu_has_fast_bf16():
+        assert notes == []
+    else:
+        assert len(notes) == 1 and notes[0].startswith("warning: --precision bf16")
+        assert "picks fp32" in notes[0]
+    assert precision_notes("fp32", cpu) == precision_notes("bf16", torch.device("cuda")) == []
+
+
 def test_no_dropout_anywhere_in_policy_or_reference(tmp_path, tiny_tokenizer):
     """Attention dropout (a float rate Llama passes to SDPA) is off too, not only nn.Dropout layers;
     the frozen reference is in eval mode without gradients."""

@@ -54,6 +54,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
+def precision_notes(precision: str, device: torch.device) -> list[str]:
+    """A warning when the precision asked for is one the CPU can only emulate (bf16 without
+    AVX-512 BF16 or AMX: every bf16 matmul many times slower than fp32)."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+        return ["warning: --precision bf16 on a CPU without AVX-512 BF16 or AMX: its bf16 matrix multiplies are "
+                "emulated, many times slower than fp32. --precision auto (the default) picks fp32 on this CPU."]
+    return []
+
+
 def autocast(precision: str, device: torch.device):
     """Mixed-precision context: weights stay fp32, matmuls run in bf16 / fp16."""
     if precision == "fp32":

@@ -27,7 +27,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from dpokit import checkpoint, dist, fsdp, launch, sharded
+from dpokit import checkpoint, dist, fsdp, launch, models, sharded
 from dpokit.attention import attention_of
 from dpokit.config import Config, TrainConfig
 from dpokit.data.stream import DataStream
@@ -89,7 +89,7 @@ def setup(config: Config, task: str = "dpo", demo: bool = False) -> Run:
     given = config.to_dict()  # before the model changes anything (the layout it allows)
     out_dir = Path(config.output.dir)
     log = MetricsLog(None, enabled=info.is_main)
-    for note in notes:
+    for note in notes + models.precision_notes(precision, device):
         log.print(note)
     job = make_task(task, config)
     job.load(log.print)  # bad data stops us here, before any model loads

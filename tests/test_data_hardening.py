@@ -183,21 +183,22 @@ def test_train_with_every_pair_dropped_names_the_flag_that_keeps_them(tmp_path, 
 
 def test_prepare_on_a_full_disk_keeps_the_previous_prepared_data(small_disk, capsys):
     small_disk = small_disk(256 * 1024)  # a real 256 KiB tmpfs
-    from conftest import HH_RLHF
-
+    many = write(small_disk.parent / "many.jsonl",  # 3 MB of distinct pairs: more than the disk holds
+                 [{"prompt": f"Question {i}: " + "why is the sky blue? " * 20, "chosen": f"Answer {i}: " + "light " * 80,
+                   "rejected": f"No {i}."} for i in range(3000)])
     source = write(small_disk.parent / "pairs.jsonl", CUT_PAIRS)
     out = small_disk / "prepared"
     assert main(["data", "prepare", str(source), "--output-dir", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
-    assert main(["data", "prepare", str(HH_RLHF), "--output-dir", str(out)]) != 0  # 2.6 MB of pairs: no room
+    assert main(["data", "prepare", str(many), "--output-dir", str(out)]) != 0
     err = capsys.readouterr().err
     assert err.startswith(f"error: {out}") and "no space left on device" in err and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the first prepare's data, whole
     assert main(["data", "validate", str(out)]) == 0
 
     fresh = small_disk / "fresh"  # a folder the failed prepare made is removed with what it wrote
-    assert main(["data", "prepare", str(HH_RLHF), "--output-dir", str(fresh)]) != 0
+    assert main(["data", "prepare", str(many), "--output-dir", str(fresh)]) != 0
     assert not fresh.exists()
 
 

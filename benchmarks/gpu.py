@@ -57,7 +57,8 @@ def dry_run(argv: list[str], cases: list[Case]) -> int:
     if args.sweep != "none":
         import scaling
 
-        print("sweep points: " + ", ".join(f"{size}@{length}" for _, size, length in scaling.grid(args)))
+        print("sweep points: " + ", ".join(f"{size}@{length}" for _, size, length in scaling.grid(args))
+              + f"; TRL there: {scaling.trl_case(args, TRL_CASES).name}")
     try:
         import torch
 

@@ -36,6 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import scaling  # noqa: E402
 from assets import build_assets  # noqa: E402
 from measure import (  # noqa: E402
     TRL_CASES,
@@ -129,7 +130,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep-trl", default=None,
                         help="sweep points where TRL runs too (size@length, comma-separated; default: all)")
     parser.add_argument("--sweep-trl-case", choices=("defaults", "fastest"), default="defaults",
-                        help="the TRL case of the sweep: its defaults, or its fastest setting (the second TRL case)")
+                        help="the TRL case of the sweep: its defaults, or its fastest setting (the last TRL case)")
     parser.add_argument("--results", default=str(HERE / "results.json"), help="JSON results file")
     parser.add_argument("--markdown", default=str(HERE / "RESULTS.md"), help="Markdown table file")
     parser.add_argument("--plot", default=str(HERE / "scaling.png"), help="the sweep's plot (PNG)")
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None, cases: list[Case] | None = None, trl_cas
     """The benchmark; ``cases`` / ``trl_cases`` replace the CPU cases (``gpu.py`` passes its own)."""
     args = parser().parse_args(argv)
     trl_cases = TRL_CASES if trl_cases is None else trl_cases
-    sweep_trl = trl_cases[0 if args.sweep_trl_case == "defaults" else -1]
+    sweep_trl = scaling.trl_case(args, trl_cases)  # before --defaults-only keeps only the first TRL case
     work = Path(args.work or tempfile.mkdtemp(prefix="dpokit-bench-"))
     env = {**os.environ, "DPOKIT_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HOME": str(work / "hf")}
@@ -167,8 +168,6 @@ def main(argv: list[str] | None = None, cases: list[Case] | None = None, trl_cas
     table = markdown(results, {c.name: c for c in cases}, header) if results else ""
     sweep = []
     if args.sweep != "none":
-        import scaling
-
         sweep = scaling.run_sweep(args, work, env, sweep_trl if args.trl_python else None, results)
         trl_name = sweep_trl.name if args.trl_python else "TRL"
         table += "\n" + scaling.markdown(sweep, trl_name) + f"\n![pairs/s, MFU and peak RSS]({Path(args.plot).name})\n"

@@ -52,10 +52,17 @@ def grid(args: argparse.Namespace) -> list[tuple[str, str, int]]:
     return [("size", s, SIZE_LENGTH) for s in sizes] + [("length", LENGTH_SIZE, n) for n in lengths]
 
 
+def trl_case(args: argparse.Namespace, trl_cases: list[Case]) -> Case:
+    """The TRL case of the sweep (``--sweep-trl-case``): its defaults (the first TRL case) or its
+    fastest setting (the last: fp32 without checkpointing on a CPU, no checkpointing on a GPU)."""
+    return trl_cases[-1] if args.sweep_trl_case == "fastest" else trl_cases[0]
+
+
 def run_sweep(args: argparse.Namespace, work: Path, env: dict[str, str], trl: Case | None,
               main: list[Result] = ()) -> list[Point]:
     """Every point of the grid; a size point that is the main table's workload (its model size and
-    max_length, the HH-RLHF pairs) reuses the main table's defaults results instead of running again."""
+    max_length, the HH-RLHF pairs) reuses the main table's result of the same case instead of
+    running it again."""
     steps = args.sweep_steps or GRIDS[args.sweep][2]
     trl_at = None if args.sweep_trl is None else set(args.sweep_trl.split(","))
     reuse = {r.name: r for r in main if r.returncode == 0}

@@ -88,7 +88,10 @@ def test_gpu_script_dry_run_lists_cases_and_peaks():
     assert out.returncode == 0, out.stderr
     assert "device cuda, model 360m, max_length 1024" in out.stdout
     assert "TRL (defaults)" in out.stdout and "--layout packed" in out.stdout
-    assert "sweep points: 27m@512, 125m@512, 27m@256, 27m@1024" in out.stdout
+    assert "sweep points: 27m@512, 125m@512, 27m@256, 27m@1024; TRL there: TRL (defaults)" in out.stdout
+    fastest = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--dry-run", "--sweep", "reduced",
+                              "--sweep-trl-case", "fastest"], capture_output=True, text=True, timeout=120)
+    assert "; TRL there: TRL, no checkpointing" in fastest.stdout, fastest.stderr
     assert "H200" in out.stdout or "peak:" in out.stdout
     bad = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--dry-run", "--sweep", "reduced", "--sizes", "9b"],
                          capture_output=True, text=True, timeout=120)
